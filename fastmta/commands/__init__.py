@@ -1,0 +1,1 @@
+"""Subcommands of the `fastmta` CLI, one module each (see fastmta.cli)."""

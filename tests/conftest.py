@@ -1,0 +1,15 @@
+"""Shared fixtures: both kernel backends, free loopback ports, temporary spools."""
+
+from __future__ import annotations
+
+import pytest
+
+BACKEND_NAMES = ("cython", "python")
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest):
+    """Each kernel test runs once against the compiled kernels and once against the twins."""
+    from fastmta import kernels
+
+    return kernels.load_backend(request.param)

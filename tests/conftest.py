@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["helpers.dns_server"]
+
 BACKEND_NAMES = ("cython", "python")
 
 

@@ -43,8 +43,13 @@ def _show(value: Any) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The validated config: settings parsed, and the routing tables checked too."""
+    from fastmta.delivery.routing import check_routing_config
+
     overrides = {setting.name: getattr(args, setting.name, None) for setting in SETTINGS}
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    check_routing_config(config)
+    return config
 
 
 def add_parser(subparsers: Any) -> None:

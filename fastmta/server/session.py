@@ -1,0 +1,371 @@
+"""One SMTP client connection: the asyncio.Protocol that drives protocol.server.
+
+Bytes from the socket go to `ServerConnection.receive_data()`; the events that come
+back are acted on here (open a spool file, write content, commit, upgrade to TLS,
+close) and every reply queued by the protocol leaves in one write per packet.
+
+Invariants:
+- The 250 after DATA is queued only once `MessageWriter.commit()` returned: the file
+  is fsynced, renamed into incoming/, and incoming/ fsynced.
+- A message whose content did not complete (client gone mid-DATA, protocol refusal,
+  idle timeout) is aborted: nothing of it stays in tmp/ or incoming/.
+- Memory per session is bounded: reading pauses while the protocol holds more than
+  `MAX_PENDING_INPUT` unprocessed bytes or while the client does not read our
+  replies; message content goes to the spool writer, which spills to disk.
+- Errors inside a session close that session only; they never reach the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+from fastmta.protocol.events import (
+    Close,
+    DataChunk,
+    DataStart,
+    MessageAborted,
+    MessageComplete,
+    StartTLS,
+)
+from fastmta.protocol.received import format_received
+from fastmta.protocol.replies import SPOOL_FAILURE
+from fastmta.protocol.server import PeerInfo, ServerConnection
+from fastmta.spool import Envelope, Recipient, SpoolError
+
+if TYPE_CHECKING:
+    from fastmta.protocol.state import Transaction
+    from fastmta.server.service import ReceiveService
+    from fastmta.spool import MessageWriter
+
+log = logging.getLogger("fastmta.smtpd")
+
+MAX_PENDING_INPUT = 256 * 1024  # unprocessed input held while a commit or TLS is pending
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def rfc5322_now() -> str:
+    """The current date as an RFC 5322 date-time, computed at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, localtime=True))
+    return _date_cache[1]
+
+
+class SMTPSession(asyncio.Protocol):
+    __slots__ = (
+        "service", "loop", "transport", "conn", "peer", "writer", "transaction",
+        "last_activity", "idle_handle", "greeting_handle", "closing", "reading_paused",
+        "writing_paused", "waiting", "started", "messages", "rejected", "close_reason",
+    )
+
+    def __init__(self, service: ReceiveService) -> None:
+        self.service = service
+        self.loop = service.loop
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection | None = None
+        self.peer: PeerInfo | None = None
+        self.writer: MessageWriter | None = None
+        self.transaction: Transaction | None = None
+        self.last_activity = 0.0
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.greeting_handle: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.waiting = False  # a commit or TLS handshake is pending
+        self.started = 0.0
+        self.messages = 0
+        self.rejected = 0
+        self.close_reason = "client closed"
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername") or ("unknown", 0)
+        self.peer = PeerInfo(peername[0], peername[1])
+        self.started = self.last_activity = self.loop.time()
+        service = self.service
+        refusal = service.admit(self)
+        if refusal is not None:
+            transport.write(refusal)
+            self.close_reason = "refused: too many connections"
+            self.closing = True
+            transport.close()
+            return
+        self.conn = ServerConnection(service.settings, service.policy, self.peer)
+        if service.greeting_delay > 0:
+            self.greeting_handle = self.loop.call_later(service.greeting_delay, self._greet)
+        else:
+            self._greet()
+        self.idle_handle = self.loop.call_later(service.idle_timeout, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or self.closing:
+            return
+        self.last_activity = self.loop.time()
+        if self.greeting_handle is not None:
+            # RFC 5321 4.3.1: the client waits for the greeting; one that talks first
+            # is a spambot sending blind (the idea behind Postfix's postscreen).
+            self.greeting_handle.cancel()
+            self.greeting_handle = None
+            self._handle(conn.early_talk())
+            self._flush()
+            return
+        try:
+            events = conn.receive_data(data)
+            if events:
+                self._handle(events)
+        except Exception:
+            log.exception("%s: internal error while handling input; closing the session", self._who())
+            self._abort_message()
+            self.close_reason = "internal error"
+            self._close()
+            return
+        self._flush()
+        if conn.input_buffered > MAX_PENDING_INPUT and not self.reading_paused:
+            self._pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        for handle in (self.idle_handle, self.greeting_handle):
+            if handle is not None:
+                handle.cancel()
+        if self.conn is not None:
+            self.conn.connection_lost()
+        if self.writer is not None and not self.waiting:
+            self._abort_message()  # gone mid-DATA: nothing may reach incoming/
+        self.service.release(self)
+        duration = self.loop.time() - self.started
+        log.info("%s: disconnect helo=%s messages=%d rejected=%d duration=%.3fs reason=%s",
+                 self._who(), self._helo(), self.messages, self.rejected, duration,
+                 self.close_reason if exc is None else f"{self.close_reason} ({exc})")
+
+    def pause_writing(self) -> None:
+        # The client does not read our replies: stop reading its commands until it does.
+        self.writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._maybe_resume_reading()
+
+    # --- events from the protocol -------------------------------------------------------
+
+    def _handle(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is DataChunk:
+                if self.writer is not None:
+                    self.writer.write(event.data)
+            elif kind is DataStart:
+                self._open_message(event.transaction)
+            elif kind is MessageComplete:
+                self._commit_message(event.size)
+            elif kind is MessageAborted:
+                self._abort_message()
+                self.rejected += 1
+                log.info("%s: rejected from=<%s> reason=%s", self._who(),
+                         self.transaction.sender if self.transaction else "", event.reply.text)
+            elif kind is StartTLS:
+                self._start_tls()
+            elif kind is Close:
+                self.close_reason = event.reason.value
+                self._close()
+
+    def _open_message(self, transaction: Transaction) -> None:
+        self.transaction = transaction
+        envelope = Envelope(
+            sender=transaction.sender,
+            recipients=[Recipient(rcpt.address, dict(rcpt.params)) for rcpt in transaction.recipients],
+            mail_params=dict(transaction.mail_params),
+            client_address=self.peer.ip if self.peer else "",
+            helo=transaction.helo or "",
+            protocol=transaction.protocol_name,
+        )
+        try:
+            writer = self.service.spool.new_message(envelope)
+            recipients = transaction.recipients
+            writer.write(format_received(
+                transaction.helo, envelope.client_address, None, self.service.hostname,
+                transaction.protocol_name, writer.queue_id,
+                recipients[0].address if len(recipients) == 1 else None, rfc5322_now(),
+            ))
+        except (SpoolError, OSError) as exc:
+            log.error("%s: cannot open a spool file: %s", self._who(), exc)
+            self.writer = None
+            return
+        self.writer = writer
+
+    def _commit_message(self, size: int) -> None:
+        conn = self.conn
+        assert conn is not None
+        writer = self.writer
+        if writer is None:  # opening the spool file failed: tell the client to retry later
+            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, "spool unavailable")
+            return
+        self.waiting = True
+        self.loop.create_task(self._commit(writer, size))
+
+    async def _commit(self, writer: MessageWriter, size: int) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            await writer.commit()
+        except SpoolError as exc:
+            log.error("%s: spool write failed for %s: %s", self._who(), writer.queue_id, exc)
+            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, str(exc))
+        except Exception:
+            log.exception("%s: unexpected error committing %s", self._who(), writer.queue_id)
+            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, "internal error")
+        else:
+            self._after_verdict(conn.accept_message(writer.queue_id), writer.queue_id, size, None)
+
+    def _after_verdict(self, events: list, queue_id: str | None, size: int, error: str | None) -> None:
+        self.waiting = False
+        self.writer = None
+        transaction = self.transaction
+        self.transaction = None
+        if queue_id is not None:
+            self.messages += 1
+            self.service.accepted += 1
+            log.info("%s: %s: accepted from=<%s> to=%s size=%d", self._who(), queue_id,
+                     transaction.sender if transaction else "",
+                     ",".join(f"<{r.address}>" for r in transaction.recipients) if transaction else "",
+                     size)
+        else:
+            self.rejected += 1
+            log.warning("%s: message not accepted (452 4.3.1): %s", self._who(), error)
+        if self.closing:
+            return
+        try:
+            if events:
+                self._handle(events)
+        except Exception:
+            log.exception("%s: internal error after a commit; closing the session", self._who())
+            self.close_reason = "internal error"
+            self._close()
+            return
+        self._flush()
+        self._maybe_resume_reading()
+
+    def _abort_message(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+    # --- TLS ----------------------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        self._flush()  # the 220 Ready to start TLS goes out in plaintext first
+        self.waiting = True
+        self.loop.create_task(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        transport = self.transport
+        assert transport is not None and self.conn is not None
+        try:
+            new_transport = await self.loop.start_tls(
+                transport, self, self.service.tls_context, server_side=True,
+                ssl_handshake_timeout=60.0,
+            )
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info("%s: TLS handshake failed: %s", self._who(), exc)
+            self.close_reason = "TLS handshake failed"
+            self.closing = True
+            transport.abort()
+            return
+        except Exception as exc:  # ssl.SSLError and friends
+            log.info("%s: TLS handshake failed: %s", self._who(), exc)
+            self.close_reason = "TLS handshake failed"
+            self.closing = True
+            transport.abort()
+            return
+        if new_transport is None or self.closing:
+            return
+        self.transport = new_transport
+        self.waiting = False
+        self._handle(self.conn.tls_established())
+        self._flush()
+        self._maybe_resume_reading()
+
+    # --- flow control, timers, closing -------------------------------------------------
+
+    def _greet(self) -> None:
+        self.greeting_handle = None
+        if self.conn is not None and not self.closing:
+            self.conn.greeting()
+            self._flush()
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if conn is None or self.transport is None:
+            return
+        out = conn.data_to_send()
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (self.reading_paused and not self.writing_paused and not self.waiting
+                and not self.closing and self.transport is not None):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _check_idle(self) -> None:
+        self.idle_handle = None
+        if self.closing or self.conn is None:
+            return
+        timeout = self.service.idle_timeout
+        idle = self.loop.time() - self.last_activity
+        if idle < timeout or self.waiting:
+            self.idle_handle = self.loop.call_later(max(timeout - idle, 1.0), self._check_idle)
+            return
+        self._abort_message()
+        self._handle(self.conn.timeout())
+        self._flush()
+        self._close()
+
+    def shutdown(self) -> None:
+        """Drain timeout reached: tell the client 421 and close (an open DATA is abandoned)."""
+        if self.closing or self.conn is None or self.waiting:
+            return
+        self._abort_message()
+        self.close_reason = "server shutting down"
+        self._handle(self.conn.shutdown())
+        self._flush()
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing:
+            self._flush()  # e.g. the 221 or 421 queued with the Close event
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()  # sends what was written, then closes
+
+    # --- logging helpers ----------------------------------------------------------------
+
+    def _who(self) -> str:
+        peer = self.peer
+        if peer is None:
+            return "unknown"
+        return f"[{peer.ip}]:{peer.port}" if ":" in peer.ip else f"{peer.ip}:{peer.port}"
+
+    def _helo(self) -> str:
+        conn = self.conn
+        helo = conn.session.helo if conn is not None else None
+        return helo or "-"

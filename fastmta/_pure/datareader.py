@@ -31,17 +31,17 @@ class DataReader:
     """Turn the wire form of DATA into message content, chunk by chunk."""
 
     __slots__ = (
-        "max_line",
-        "normalise",
-        "done",
-        "size",
-        "long_lines",
-        "bare_lf",
-        "bare_cr",
-        "_tail",
-        "_skip",
         "_line_len",
         "_rest",
+        "_skip",
+        "_tail",
+        "bare_cr",
+        "bare_lf",
+        "done",
+        "long_lines",
+        "max_line",
+        "normalise",
+        "size",
     )
 
     def __init__(self, max_line: int = 1000, normalise: bool = False) -> None:
@@ -64,7 +64,10 @@ class DataReader:
     def feed(self, data: bytes) -> bytes:
         """Consume `data`; return the content it completes (possibly empty)."""
         if self.done:
-            raise ValueError("DataReader.feed() after the end of data")
+            raise ValueError(
+                "DataReader.feed() after the end of data; pass take_rest() to the command "
+                "parser and start a new DataReader for the next message"
+            )
         buf = self._tail + data
         end = buf.find(_MARKER)
         if end >= 0:

@@ -10,7 +10,8 @@ Invariants:
   but sets LINE_BARE_LF.  A CR not followed by LF sets LINE_BARE_CR.
 - `limit` counts the whole line including its CRLF (RFC 5321 4.5.3.1.4: 512 for
   commands).  A longer line is returned once, truncated to `limit` bytes, with
-  LINE_TOO_LONG; its remaining bytes are dropped as they arrive, so memory per
+  LINE_TOO_LONG, when its LF arrives (so a reply to it stays in order with the
+  lines around it); its remaining bytes are dropped as they arrive, so memory per
   splitter is bounded by `limit` plus what one `feed()` brings.
 - Work is linear in the input: no byte is scanned twice for a line end.
 """
@@ -18,12 +19,12 @@ Invariants:
 from __future__ import annotations
 
 __all__ = [
-    "LineSplitter",
+    "LINE_BARE_CR",
+    "LINE_BARE_LF",
+    "LINE_NUL",
     "LINE_OK",
     "LINE_TOO_LONG",
-    "LINE_BARE_LF",
-    "LINE_BARE_CR",
-    "LINE_NUL",
+    "LineSplitter",
 ]
 
 LINE_OK = 0
@@ -36,7 +37,7 @@ LINE_NUL = 8
 class LineSplitter:
     """Split a byte stream into CRLF-terminated lines of at most `limit` octets."""
 
-    __slots__ = ("limit", "_buf", "_pos", "_scanned", "_discarding", "_head")
+    __slots__ = ("_buf", "_discarding", "_head", "_pos", "_scanned", "limit")
 
     def __init__(self, limit: int = 512) -> None:
         if limit < 2:
@@ -85,7 +86,7 @@ class LineSplitter:
             self._scanned = 0
             self._head = bytes(buf[pos : pos + limit])
             self._discarding = True
-            del buf[:pos + limit]
+            del buf[: pos + limit]
             self._pos = 0
             return self.next_line()
         self._scanned = 0

@@ -13,7 +13,7 @@ import sys
 
 from fastmta import __version__
 
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "loadgen")
 
 
 def version_text() -> str:

@@ -79,4 +79,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from fastmta.master import serve
 
-    return serve(config)
+    return serve(config, reload=lambda: config_from_args(args))

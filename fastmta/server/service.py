@@ -75,7 +75,7 @@ class ReceiveService:
     """Shared state of the SMTP sessions in one process."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, tls_context: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.loop = loop
         self.hostname = config.hostname
@@ -83,8 +83,9 @@ class ReceiveService:
         aliases = load_aliases(config.aliases_file) if config.aliases_file is not None else {}
         self.policy = RecipientPolicy.from_config(config, aliases)
         self.spool = spool if spool is not None else Spool(config.spool)
-        self.tls_context: ssl.SSLContext | None = None
-        if config.tls_cert is not None and config.tls_key is not None:
+        # A worker gets the context built by the master, which read the key as root.
+        self.tls_context: ssl.SSLContext | None = tls_context
+        if tls_context is None and config.tls_cert is not None and config.tls_key is not None:
             self.tls_context = server_context(config.tls_cert, config.tls_key)
         self.idle_timeout = config.idle_timeout
         self.greeting_delay = config.greeting_delay

@@ -23,6 +23,7 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from fastmta import metrics
 from fastmta.protocol.events import (
     Close,
     DataChunk,
@@ -62,6 +63,7 @@ class SMTPSession(asyncio.Protocol):
         "service", "loop", "transport", "conn", "peer", "writer", "transaction",
         "last_activity", "idle_handle", "greeting_handle", "closing", "reading_paused",
         "writing_paused", "waiting", "started", "messages", "rejected", "close_reason",
+        "input_ended",
     )
 
     def __init__(self, service: ReceiveService) -> None:
@@ -83,6 +85,7 @@ class SMTPSession(asyncio.Protocol):
         self.messages = 0
         self.rejected = 0
         self.close_reason = "client closed"
+        self.input_ended = False  # the client half-closed while a commit was pending
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -95,11 +98,13 @@ class SMTPSession(asyncio.Protocol):
         refusal = service.admit(self)
         if refusal is not None:
             transport.write(refusal)
+            metrics.connection_refused()
             self.close_reason = "refused: too many connections"
             self.closing = True
             transport.close()
             return
         self.conn = ServerConnection(service.settings, service.policy, self.peer)
+        metrics.connection_opened()
         if service.greeting_delay > 0:
             self.greeting_handle = self.loop.call_later(service.greeting_delay, self._greet)
         else:
@@ -134,7 +139,15 @@ class SMTPSession(asyncio.Protocol):
             self._pause_reading()
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too
+        if self.waiting and self.writer is not None and not self.closing \
+                and self.conn is not None and not self.conn.session.tls:
+            # A client that half-closes after pipelining "... CRLF.CRLF QUIT" still
+            # reads: keep our side open until the commit's 250 (and the replies to
+            # what was held behind it) went out, then close (see _after_verdict).
+            # Over TLS asyncio cannot half-close, so the client loses those replies.
+            self.input_ended = True
+            return True
+        return None  # nothing pending: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -143,6 +156,7 @@ class SMTPSession(asyncio.Protocol):
                 handle.cancel()
         if self.conn is not None:
             self.conn.connection_lost()
+            metrics.connection_closed()
         if self.writer is not None and not self.waiting:
             self._abort_message()  # gone mid-DATA: nothing may reach incoming/
         self.service.release(self)
@@ -175,6 +189,7 @@ class SMTPSession(asyncio.Protocol):
             elif kind is MessageAborted:
                 self._abort_message()
                 self.rejected += 1
+                metrics.message_rejected(metrics.rejection_reason(event.reply.enhanced))
                 log.info("%s: rejected from=<%s> reason=%s", self._who(),
                          self.transaction.sender if self.transaction else "", event.reply.text)
             elif kind is StartTLS:
@@ -239,12 +254,14 @@ class SMTPSession(asyncio.Protocol):
         if queue_id is not None:
             self.messages += 1
             self.service.accepted += 1
+            metrics.message_accepted(size, len(transaction.recipients) if transaction else 0)
             log.info("%s: %s: accepted from=<%s> to=%s size=%d", self._who(), queue_id,
                      transaction.sender if transaction else "",
                      ",".join(f"<{r.address}>" for r in transaction.recipients) if transaction else "",
                      size)
         else:
             self.rejected += 1
+            metrics.message_rejected(metrics.rejection_reason(SPOOL_FAILURE.enhanced))
             log.warning("%s: message not accepted (452 4.3.1): %s", self._who(), error)
         if self.closing:
             return
@@ -257,6 +274,9 @@ class SMTPSession(asyncio.Protocol):
             self._close()
             return
         self._flush()
+        if self.input_ended and not self.waiting:
+            self._close()  # everything the client sent is answered; it sends no more
+            return
         self._maybe_resume_reading()
 
     def _abort_message(self) -> None:

@@ -13,7 +13,7 @@ import sys
 
 from fastmta import __version__
 
-COMMANDS = ("serve", "loadgen")
+COMMANDS = ("serve", "queue", "loadgen", "route", "sendmail")
 
 
 def version_text() -> str:
@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def sendmail_main() -> int:
+    """`fastmta-sendmail`: the same as `fastmta sendmail`, for a /usr/sbin/sendmail symlink."""
+    return main(["sendmail", *sys.argv[1:]])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,8 @@ Invariants:
   `MAX_PENDING_INPUT` unprocessed bytes or while the client does not read our
   replies; message content goes to the spool writer, which spills to disk.
 - Errors inside a session close that session only; they never reach the loop.
+- A client that half-closes while a commit is pending still gets the 250 and the
+  replies to what it pipelined behind it; then the session closes (plain TCP only).
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ class SMTPSession(asyncio.Protocol):
                 self.rejected += 1
                 metrics.message_rejected(metrics.rejection_reason(event.reply.enhanced))
                 log.info("%s: rejected from=<%s> reason=%s", self._who(),
-                         self.transaction.sender if self.transaction else "", event.reply.text)
+                         self.transaction.sender if self.transaction else "",
+                         event.reply.to_bytes(self.service.hostname).decode().rstrip())
             elif kind is StartTLS:
                 self._start_tls()
             elif kind is Close:

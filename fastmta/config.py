@@ -262,7 +262,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vrfy", parse_bool, False, "answer VRFY for local addresses (default: 252, no disclosure)", "BOOL"),
     Setting("expn", parse_bool, False, "answer EXPN for local aliases (default: 502)", "BOOL"),
     Setting("greeting_delay", parse_duration, 0.0, "seconds to wait before the 220; a client that talks first gets 554 (0: off)", "SECONDS"),
-    Setting("max_connections", parse_int(1), 2000, "open SMTP sessions per receive worker; more wait in the listen queue", "N"),
+    Setting("max_connections", parse_int(1), 2000, "open SMTP sessions per receive worker; more are refused with 421 4.7.0", "N"),
     Setting("max_connections_per_ip", parse_int(0), 50, "open sessions per client IP per worker, relay networks exempt (0: no limit)", "N"),
     Setting("tls_cert", parse_optional_path, None, "PEM certificate chain for STARTTLS", "FILE"),
     Setting("tls_key", parse_optional_path, None, "PEM private key for STARTTLS", "FILE"),

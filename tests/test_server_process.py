@@ -140,10 +140,6 @@ def test_memory_stays_bounded_for_an_accepted_20_mib_message(server_process) -> 
     assert split_received(stored.content)[1] == content
 
 
-@pytest.mark.xfail(strict=True, reason="open-relay settings are refused only when a worker "
-                   "builds RecipientPolicy, after start-up: a traceback (--workers 0) or workers "
-                   "restarted forever, instead of one line and exit status 2; see the issue 3 "
-                   "report (fix in master.check_runtime or config)")
 @pytest.mark.parametrize("flags", [("--relay-networks", "0.0.0.0/0"), ("--local-domains", "*")],
                          ids=["relay-networks", "local-domains"])
 def test_open_relay_settings_are_a_config_error(tmp_path: Path, flags: tuple[str, str]) -> None:
@@ -178,6 +174,19 @@ def test_log_lines_name_the_client_queue_id_and_result(server_process) -> None:
     assert f"{client}: rejected from=<sender@example.com> reason=554 5.6.0 Message refused" in log
     assert f"{client}: disconnect helo=client.test messages=1 rejected=1 " in log
     assert "reason=quit" in log
+
+
+def test_refused_recipients_are_logged_with_the_reply(server_process) -> None:
+    server = server_process("--relay-networks", "192.0.2.0/24")
+    with server.raw() as raw:
+        raw.greet()
+        raw.send(b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<x@elsewhere.example>\r\n")
+        assert raw.replies(2)[1].startswith(b"554 5.7.1 ")
+        client = f"127.0.0.1:{raw.sock.getsockname()[1]}"
+        assert raw.command(b"QUIT").startswith(b"221 ")
+    server.wait_for_log(f"{client}: disconnect ")
+    assert (f"{client}: recipient refused from=<sender@example.com> to=<x@elsewhere.example> "
+            "reason=554 5.7.1 ") in server.log()
 
 
 def test_sigterm_mid_data_drains_then_421_and_leaves_nothing(server_process) -> None:

@@ -49,7 +49,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {setting.name: getattr(args, setting.name, None) for setting in SETTINGS}
     config = load_config(args.config, overrides)
     check_routing_config(config)
+    check_policy_config(config)
     return config
+
+
+def check_policy_config(config: Config) -> None:
+    """Refuse settings the recipient policy rejects (an open relay, a bad catch-all)."""
+    from fastmta.policy import RecipientPolicy
+
+    try:
+        RecipientPolicy.from_config(config, None)
+    except ValueError as exc:
+        setting, sep, message = str(exc).partition(": ")
+        if not sep or setting not in {s.name for s in SETTINGS}:
+            setting, message = "local_domains", str(exc)
+        raise ConfigError(setting, message) from None
 
 
 def add_parser(subparsers: Any) -> None:

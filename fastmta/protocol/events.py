@@ -32,6 +32,7 @@ __all__ = [
     "MailFrom",
     "MessageAborted",
     "MessageComplete",
+    "RcptRejected",
     "RcptTo",
     "StartTLS",
 ]
@@ -65,6 +66,14 @@ class RcptTo(Event):
 
     address: str
     params: dict[str, str | None]  # NOTIFY, ORCPT (RFC 3461)
+
+
+@dataclass(frozen=True, slots=True)
+class RcptRejected(Event):
+    """The recipient policy refused a RCPT (unknown user, relay denied): for the log."""
+
+    address: str
+    reply: Reply
 
 
 @dataclass(frozen=True, slots=True)

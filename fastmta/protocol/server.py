@@ -52,6 +52,7 @@ from fastmta.protocol.events import (
     MailFrom,
     MessageAborted,
     MessageComplete,
+    RcptRejected,
     RcptTo,
     StartTLS,
 )
@@ -485,6 +486,7 @@ class ServerConnection:
             return self._send(replies.TOO_MANY_RECIPIENTS)
         refusal = self.policy.check_recipient(address, self.peer.ip)
         if refusal is not None:
+            self._events.append(RcptRejected(address, refusal))
             return self._send(refusal)
         recipient = RcptTo(address, params)
         transaction.recipients.append(recipient)

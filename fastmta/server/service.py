@@ -105,6 +105,8 @@ class ReceiveService:
         config = self.config
         ip = session.peer.ip if session.peer else ""
         if len(self.sessions) >= config.max_connections:
+            log.warning("%s: refused: this worker has %d sessions open (max_connections)",
+                        ip, len(self.sessions))
             return self._too_many
         limit = config.max_connections_per_ip
         count = self.per_ip.get(ip, 0)

@@ -32,6 +32,7 @@ from fastmta.protocol.events import (
     DataStart,
     MessageAborted,
     MessageComplete,
+    RcptRejected,
     StartTLS,
 )
 from fastmta.protocol.received import format_received
@@ -195,6 +196,11 @@ class SMTPSession(asyncio.Protocol):
                 log.info("%s: rejected from=<%s> reason=%s", self._who(),
                          self.transaction.sender if self.transaction else "",
                          event.reply.to_bytes(self.service.hostname).decode().rstrip())
+            elif kind is RcptRejected:
+                metrics.message_rejected("rcpt_" + metrics.rejection_reason(event.reply.enhanced))
+                log.info("%s: recipient refused from=<%s> to=<%s> reason=%s", self._who(),
+                         self.conn.transaction.sender if self.conn and self.conn.transaction else "",
+                         event.address, event.reply.to_bytes(self.service.hostname).decode().rstrip())
             elif kind is StartTLS:
                 self._start_tls()
             elif kind is Close:

@@ -9,6 +9,32 @@ import sys
 from glob import glob
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build each kernel if a C compiler works; otherwise warn and keep the pure-Python twin.
+
+    setuptools' own `optional=True` does not catch every way a missing compiler fails
+    (newer versions raise CalledProcessError from the compiler spawn), so catch here."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler at all, broken toolchain
+            self._warn("the Cython kernels", exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._warn(ext.name, exc)
+
+    @staticmethod
+    def _warn(what: str, exc: BaseException) -> None:
+        print(f"fastmta: could not compile {what} ({exc}); fastmta will run on the pure-Python "
+              "twins. Install a C compiler and the Python headers, then reinstall, for full speed.",
+              file=sys.stderr)
 
 
 def extensions() -> list:
@@ -41,4 +67,4 @@ def extensions() -> list:
     )
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

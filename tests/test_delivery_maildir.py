@@ -113,3 +113,41 @@ def test_an_unwritable_mail_root_is_a_transient_error_that_says_what_to_fix(tmp_
         maildir.deliver("bob@example.com", "a@b.c", lambda: [b"x\r\n"])
     assert not caught.value.permanent
     assert "cannot create the Maildir" in caught.value.text
+
+
+def test_copies_stay_out_of_new_until_committed_and_share_one_flush_per_mailbox(
+        tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path, "mx.test")
+    copies = [maildir.write(address, "a@b.c", lambda n=n: [b"Subject: %d\r\n\r\nx\r\n" % n])
+              for n, address in enumerate(["bob@example.com", "bob@example.com",
+                                           "bob@example.com", "dave@example.com"])]
+    assert os.listdir(tmp_path / "bob" / "new") == []
+    assert len(os.listdir(tmp_path / "bob" / "tmp")) == 3
+    maildir.commit(copies)
+    assert all(copy.committed and copy.error is None for copy in copies)
+    subjects = sorted(re.findall(rb"Subject: (\d)", path.read_bytes())[0]
+                      for user in ("bob", "dave") for path in (tmp_path / user / "new").iterdir())
+    assert subjects == [b"0", b"1", b"2", b"3"]
+    assert os.listdir(tmp_path / "bob" / "tmp") == []
+    assert maildir.directory_fsyncs == 2  # one per mailbox, not one per copy
+    maildir.commit(copies)  # committed copies are not committed twice
+    assert maildir.directory_fsyncs == 2
+
+
+def test_a_discarded_copy_leaves_nothing_behind(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path, "mx.test")
+    copy = maildir.write("bob@example.com", "a@b.c", lambda: [MESSAGE])
+    maildir.discard([copy])
+    maildir.commit([copy])  # too late: nothing to commit
+    assert not copy.committed
+    assert os.listdir(tmp_path / "bob" / "tmp") == [] and os.listdir(tmp_path / "bob" / "new") == []
+
+
+def test_a_large_message_is_written_whole_in_several_writes(tmp_path: Path) -> None:
+    body = b"".join(b"line %d of a long message\r\n" % n for n in range(30_000))  # ~800 KB
+    maildir = Maildir(tmp_path, "mx.test")
+    path = maildir.deliver("bob@example.com", "a@b.c", lambda: chunks(body, 65_537))
+    expected = b"Return-Path: <a@b.c>\nDelivered-To: bob@example.com\n" + body.replace(b"\r\n", b"\n")
+    assert path.read_bytes() == expected
+    lines = expected.count(b"\n")
+    assert path.name.endswith(f",S={len(expected)},W={len(expected) + lines}")

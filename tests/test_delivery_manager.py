@@ -158,6 +158,27 @@ def test_aliases_expand_forward_and_the_catch_all_takes_unknown_users(world: Wor
     assert world.queued() == []
 
 
+def test_many_messages_for_one_mailbox_share_their_flushes(world: World) -> None:
+    for number in range(150):
+        world.queue("bob@example.com", content=b"Subject: msg %d\r\n\r\nhi\r\n" % number)
+
+    async def main() -> QueueManager:
+        manager = QueueManager(world.config(), world.spool, clock=world.clock)
+        try:
+            assert await manager.run_until_idle() == 150
+        finally:
+            await manager.close()
+        return manager
+
+    manager = asyncio.run(main())
+    subjects = sorted(int(copy.split(b"Subject: msg ")[1].split(b"\n")[0])
+                      for copy in world.maildir("bob"))
+    assert subjects == list(range(150))
+    assert world.queued() == []
+    # The attempts under way share one batch and one flush of new/, not one per message.
+    assert manager.local.maildir.directory_fsyncs == manager.local_batches.batches <= 10
+
+
 # --- remote ------------------------------------------------------------------------------------
 
 
@@ -197,6 +218,28 @@ def test_a_4xx_defers_with_the_next_try_stored_then_a_later_try_delivers(world: 
     assert [m.recipients for m in world.mx2.messages] == [["erin@example.net"],
                                                           ["carol@example.net"]]
     assert world.queued() == [] and world.dsns() == []
+
+
+def test_local_and_remote_recipients_of_one_message_each_get_one_copy(world: World) -> None:
+    world.queue("bob@example.com", "carol@example.net", "dave@example.com", "erin@example.net")
+    world.run()
+    assert len(world.maildir("bob")) == 1 and len(world.maildir("dave")) == 1
+    assert the_only(world.mx2.messages).recipients == ["carol@example.net", "erin@example.net"]
+    assert world.queued() == [] and world.dsns() == []
+
+
+def test_a_retry_after_a_remote_4xx_does_not_repeat_the_local_copy(world: World) -> None:
+    world.mx2.rcpt_replies["carol@example.net"] = "451 4.7.1 Greylisted, come back later"
+    queue_id = world.queue("bob@example.com", "carol@example.net")
+    world.run()
+    bob, carol = QueueAdmin(world.spool).show(queue_id).recipients
+    assert (bob.state, carol.state) == (RecipientState.DELIVERED, RecipientState.DEFERRED)
+    del world.mx2.rcpt_replies["carol@example.net"]
+    world.clock.advance(300)
+    assert world.run() == 1
+    assert len(world.maildir("bob")) == 1
+    assert [m.recipients for m in world.mx2.messages] == [["carol@example.net"]]
+    assert world.queued() == []
 
 
 def test_a_5xx_sends_the_sender_one_dsn_with_the_remote_reply(world: World) -> None:

@@ -1,15 +1,16 @@
 """The queue manager of one delivery worker: claim, route, deliver, record, then finish.
 
 Loop (`QueueManager.run`): claim due messages from the spool (new ones in incoming/ and
-deferred ones whose retry time has come) until `max_in_flight` are being delivered, then
-claim again as soon as one finishes; when nothing is due, look again after
+deferred ones whose retry time has come) until `max_in_flight` are being delivered; while
+that limit is reached, each attempt that ends claims the next message itself (no scan of
+every attempt under way per message); when nothing is due, look again after
 `queue_scan_interval`.  Several workers (processes) may run over one spool: the claim is a
 rename, so each message has exactly one owner.
 
 One attempt of one message (`_attempt`):
-1. group the pending recipients by next hop (`Router.route_recipients`) and deliver the
-   groups concurrently: local (aliases, catch-all, Maildir), discard, error:, or SMTP/LMTP
-   through the worker's `SMTPPool`;
+1. group the pending recipients by next hop (routes that need no DNS are cached per
+   domain) and deliver the groups, concurrently if there are several: local (aliases,
+   catch-all, Maildir), discard, error:, or SMTP/LMTP through the worker's `SMTPPool`;
 2. record each outcome in the spool as soon as it is known: delivered and deferred
    recipients right away; failed ones after their DSN is queued (so a crash in between
    repeats the attempt, never loses the DSN);
@@ -20,24 +21,32 @@ Transient = 4xx, connection failures, timeouts, DNS trouble: retried.  Permanent
 unroutable addresses: one DSN to the sender (never for a null sender; a bounce that
 cannot be delivered is logged and dropped).
 
+The common case costs no state write: the last group of an attempt to finish, when every
+recipient of the attempt was delivered, removes the message instead of recording its
+deliveries first (`_Attempt.ends_with`, `_complete_delivered`): the unlink is the state
+write.  The other groups record theirs before the last one may decide so.
+
 Crash safety: every spool update is durable when it returns, so a killed worker redoes at
-most the recipients whose outcome it had not recorded yet (one whose peer said 250 just
-before the kill is delivered twice; none is lost).  The worker holds an flock on every
-message it owns; `recover_orphans` returns to the queue the active/ files whose owner died
-(no lock) while the master lives on, which the master's start-up `Spool.recover()`
-cannot do.  Blocking spool and Maildir work runs in threads; a thread's work is never
-abandoned half-way (`_blocking`), so cancelling an attempt (shutdown) leaves the file in a
-state the next attempt can trust.
+most the recipients whose outcome it had not recorded yet (one whose peer said 250, or
+whose Maildir copy was committed, just before the kill is delivered twice; none is lost).
+For a message ended by the unlink that window runs from the 250 to the unlink, which is
+not fsynced (as in Postfix): a killed process loses no unlink, and after a power loss the
+message may come back whole, its last recipients not recorded, and they get it again,
+once (docs/spool.md, "When the delivery worker writes state").  Work that flushes runs in
+threads and is never abandoned half-way (`_blocking`, `LocalBatches.run`), so cancelling
+an attempt (shutdown) leaves the file in a state the next attempt can trust; a decision
+to skip a state write and the unlink that replaces it are made in one step (one thread
+job, or one run of the event loop without an `await`), so no cancellation falls between.
+Unlinks and renames without a flush run on the loop.  The worker holds an flock on every
+message it owns and returns the active/ files of dead workers (`fastmta.delivery.orphans`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import logging
-import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +66,9 @@ from fastmta.delivery.dsn import (
     return_full_content,
     should_notify,
 )
-from fastmta.delivery.maildir import LocalDelivery, Maildir, delivered_to_addresses
+from fastmta.delivery.local import LocalBatches, LocalDelivery, LocalJob, Outcome
+from fastmta.delivery.maildir import Maildir
+from fastmta.delivery.orphans import ORPHAN_MIN_AGE, ORPHAN_SCAN_INTERVAL, hold, recover_orphans
 from fastmta.delivery.routing import Route, RouteGroup, Router, Transport
 from fastmta.delivery.schedule import RetrySchedule
 from fastmta.delivery.smtp import ClientSettings, DeliveryStatus, MessageSource, SMTPPool
@@ -69,59 +80,8 @@ __all__ = ["QueueManager", "recover_orphans"]
 log = logging.getLogger("fastmta.delivery")
 T = TypeVar("T")
 
-ORPHAN_MIN_AGE = 5.0  # seconds since the claim before an unlocked active/ file counts as orphaned
-ORPHAN_SCAN_INTERVAL = 60.0
 EXPIRED_STATUS = "4.4.7"  # RFC 3463 X.4.7: delivery time expired
-
-
-def recover_orphans(spool: Spool, now: float | None = None, min_age: float = ORPHAN_MIN_AGE
-                    ) -> tuple[int, int]:
-    """Return active/ files that no live worker holds to the queue; (returned, too young).
-
-    An owner holds an flock from just after its claim until it lets go, and the kernel
-    drops the lock when the owner dies.  A file whose last rename is younger than
-    `min_age` may have been claimed a moment ago by a worker not yet holding the lock,
-    so it is left for a later scan."""
-    moment = time.time() if now is None else now
-    returned = young = 0
-    try:
-        names = os.listdir(spool.active_dir)
-    except OSError as exc:
-        log.error("cannot list %s to find orphaned messages: %s", spool.active_dir, exc)
-        return 0, 0
-    for name in sorted(names):
-        path = f"{spool.active_dir}/{name}"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # finished or moved meanwhile
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    continue  # a live worker owns it
-                raise
-            info = os.fstat(fd)
-            try:
-                if os.stat(path).st_ino != info.st_ino:
-                    continue  # replaced meanwhile
-            except FileNotFoundError:
-                continue
-            if moment - info.st_ctime < min_age:
-                young += 1
-                continue
-            target = "deferred" if info.st_mtime > moment else "incoming"
-            os.rename(path, spool.path(target, name))
-            returned += 1
-            log.warning("message %s was left in active/ by a delivery worker that died; "
-                        "returned to %s/ (recipients already done are not redelivered)",
-                        name, target)
-        except OSError as exc:
-            log.error("cannot return orphaned message %s to the queue: %s", name, exc)
-        finally:
-            os.close(fd)
-    return returned, young
+STATIC_ROUTE_CACHE = 4096  # domains whose DNS-free route is kept; cleared when full
 
 
 async def _blocking(function: Callable[..., T], *args: Any) -> T:
@@ -142,12 +102,15 @@ async def _blocking(function: Callable[..., T], *args: Any) -> T:
     return result
 
 
-@dataclass
+@dataclass(slots=True)
 class _Attempt:
     """One delivery attempt of one claimed message."""
 
     message: ActiveMessage
+    groups_left: int = 0  # next-hop groups whose outcomes are not yet written
+    setback: bool = False  # some recipient of this attempt was not delivered
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one spool update at a time
+    deciding: threading.Lock = field(default_factory=threading.Lock)  # see ends_with
     failures: dict[int, AttemptError] = field(default_factory=dict)  # recorded after the DSN
     expired: dict[int, AttemptError] = field(default_factory=dict)  # their last error, for the DSN
     header_block: bytes | None = None
@@ -161,6 +124,38 @@ class _Attempt:
             self.header_block = await _blocking(
                 lambda: read_header_block(self.message.iter_body(16384, verify=False)))
         return self.header_block
+
+    def ends_with(self, delivered: list[int], outcomes: int) -> bool:
+        """Called once per group when its `outcomes` results are known (`delivered` the
+        delivered ones).  True if they end the message: every other group has settled
+        (its records written) and every recipient of the attempt was delivered; the
+        caller then removes the message instead of recording them.  False: the caller
+        records its outcomes, then calls `settled()`.  Local groups decide in the batch
+        thread, the others on the event loop: hence the lock."""
+        with self.deciding:
+            if len(delivered) != outcomes:
+                self.setback = True
+            if self.groups_left == 1 and not self.setback and delivered:
+                self.groups_left = 0
+                return True
+            return False
+
+    def settled(self) -> None:
+        """A group that did not end the message has written its delivered records."""
+        with self.deciding:
+            self.groups_left -= 1
+
+
+def _complete_delivered(message: ActiveMessage, delivered: list[int]) -> None:
+    """Remove a message whose every pending recipient was just delivered, without first
+    recording them: the unlink is the state write (a crash before it repeats them, the
+    window every MTA has between the next hop's 250 and its own record)."""
+    try:
+        message.complete()
+    except SpoolError:
+        # Cannot unlink (a failing disk): record the deliveries, so a retry skips them.
+        message.mark_delivered(delivered)
+        raise
 
 
 class QueueManager:
@@ -185,7 +180,11 @@ class QueueManager:
         self.local = LocalDelivery(Maildir(config.mail_root, config.hostname), spool,
                                    self.policy.resolve_local, self.policy.is_local,
                                    config.hostname)
+        self.local_batches = LocalBatches(self.local)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refilling = False  # at max_in_flight: each attempt that ends claims the next
+        self._idle: asyncio.Future[None] | None = None  # resolved when no attempt is left
+        self._static_routes: dict[str, Route] = {}  # domain -> a route that needs no DNS
         self.attempts = 0  # messages attempted by this manager (for tests and logs)
 
     async def close(self) -> None:
@@ -199,37 +198,39 @@ class QueueManager:
         `drain_timeout` seconds, cancel the rest (their files go back to incoming/ with
         every recorded outcome kept) and return."""
         next_orphan_scan = 0.0
+        stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_orphan_scan:
                     _, young = await _blocking(recover_orphans, self.spool)
                     next_orphan_scan = time.monotonic() + (ORPHAN_MIN_AGE if young
                                                            else ORPHAN_SCAN_INTERVAL)
-                full = self._claim_due()
-                waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
-                if full:
-                    waiters |= set(self._tasks)
-                _, pending = await asyncio.wait(
-                    waiters, timeout=None if full else self.config.queue_scan_interval,
-                    return_when=asyncio.FIRST_COMPLETED)
-                for waiter in pending:
-                    if waiter not in self._tasks:
-                        waiter.cancel()
+                # While at max_in_flight, attempts that end claim the next messages
+                # themselves (_attempt_done); this loop looks for new mail when idle.
+                self._refilling = self._claim_due()
+                await asyncio.wait({stopping}, timeout=self.config.queue_scan_interval)
         finally:
+            self._refilling = False
+            stopping.cancel()
             await self._drain(drain_timeout)
 
     async def run_until_idle(self) -> int:
         """Attempt everything due at `clock()`, including mail those attempts queue (DSNs,
         forwards); return how many attempts were made.  For tests and one-shot runs."""
         before = self.attempts
-        while True:
-            self._claim_due()
-            if not self._tasks:
-                return self.attempts - before
-            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            while True:
+                self._refilling = self._claim_due()
+                if not self._tasks:
+                    return self.attempts - before
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+        finally:
+            self._refilling = False
 
     def _claim_due(self) -> bool:
         """Start attempts for due messages; True if it stopped at `max_in_flight`."""
+        loop = asyncio.get_running_loop()
         while len(self._tasks) < self.max_in_flight:
             try:
                 message = self.spool.claim_next(now=self.clock())
@@ -238,12 +239,19 @@ class QueueManager:
                 return False
             if message is None:
                 return False
-            if not _lock(message):
+            if not hold(message):
                 return False  # an orphan scan holds it this instant: look again later
-            task = asyncio.get_running_loop().create_task(self._attempt_safely(message))
+            task = loop.create_task(self._attempt_safely(message))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._attempt_done)
         return True
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._refilling:
+            self._refilling = self._claim_due()
+        if not self._tasks and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def _drain(self, timeout: float) -> None:
         if not self._tasks:
@@ -275,7 +283,7 @@ class QueueManager:
             with contextlib.suppress(SpoolError, RuntimeError):
                 message.defer(self.clock() + self.schedule.min_backoff)
         finally:
-            if _is_open(message):  # cancelled, or the defer above failed
+            if not message.closed:  # cancelled, or the defer above failed
                 with contextlib.suppress(SpoolError):
                     message.release()
 
@@ -286,16 +294,49 @@ class QueueManager:
         for index in message.pending_indices():
             indices_of.setdefault(recipients[index].address, []).append(index)
         if indices_of:
-            groups = await self.router.route_recipients(list(indices_of))
-            try:
-                # A TaskGroup, not gather: if one group fails, the others are cancelled and
-                # waited for before the message is given up, so none still uses its file.
-                async with asyncio.TaskGroup() as running:
-                    for group in groups:
-                        running.create_task(self._deliver_group(attempt, group, indices_of))
-            except BaseExceptionGroup as errors:
-                raise errors.exceptions[0] from None
-        await self._finish(attempt)
+            groups = await self._route_groups(list(indices_of))
+            attempt.groups_left = len(groups)
+            if len(groups) == 1:
+                await self._deliver_group(attempt, groups[0], indices_of)
+            else:
+                try:
+                    # A TaskGroup, not gather: if one group fails, the others are cancelled
+                    # and waited for before the message is given up, so none still uses
+                    # its file.
+                    async with asyncio.TaskGroup() as running:
+                        for group in groups:
+                            running.create_task(self._deliver_group(attempt, group, indices_of))
+                except BaseExceptionGroup as errors:
+                    raise errors.exceptions[0] from None
+        if not message.closed:  # else every recipient was delivered and the file removed
+            await self._finish(attempt)
+
+    async def _route_groups(self, addresses: list[str]) -> list[RouteGroup]:
+        """`Router.route_recipients`, with the routes that need no DNS (local, discard,
+        error:, a next hop given as an address) kept per domain: the routing table cannot
+        change while the worker runs, and the IDNA check of a domain costs more than the
+        rest of a discarded message."""
+        by_domain: dict[str, list[str]] = {}
+        for address in addresses:
+            by_domain.setdefault(_domain_of(address), []).append(address)
+        known = self._static_routes
+        missing = [domain for domain in by_domain if domain not in known]
+        looked_up: dict[str, Route] = {}
+        if len(missing) == 1:
+            looked_up[missing[0]] = await self.router.route(missing[0])
+        elif missing:
+            routes = await asyncio.gather(*(self.router.route(domain) for domain in missing))
+            looked_up = dict(zip(missing, routes, strict=True))
+        for domain, route in looked_up.items():
+            if route.resolution is None:  # decided by the configuration alone
+                if len(known) >= STATIC_ROUTE_CACHE:
+                    known.clear()
+                known[domain] = route
+        groups: dict[tuple[str, object], tuple[Route, list[str]]] = {}
+        for domain, members in by_domain.items():
+            route = looked_up[domain] if domain in looked_up else known[domain]
+            groups.setdefault((route.destination, route.failure), (route, []))[1].extend(members)
+        return [RouteGroup(route, tuple(members)) for route, members in groups.values()]
 
     async def _deliver_group(self, attempt: _Attempt, group: RouteGroup,
                              indices_of: dict[str, list[int]]) -> None:
@@ -316,31 +357,38 @@ class QueueManager:
     async def _deliver_local(self, attempt: _Attempt, group: RouteGroup,
                              indices_of: dict[str, list[int]]) -> None:
         message = attempt.message
-        delivered_to = delivered_to_addresses(await attempt.headers())
 
-        def deliver_all() -> dict[int, tuple[AttemptError | None, str]]:
-            outcomes: dict[int, tuple[AttemptError | None, str]] = {}
-            already: set[str] = set()
-            for address in group.recipients:
-                indices = indices_of[address]
-                outcome = self.local.deliver(message, address, message.recipients[indices[0]].params,
-                                             delivered_to, already)
-                for index in indices:
-                    outcomes[index] = outcome
-            # Recorded in the same thread job: a cancellation cannot fall between a
-            # Maildir copy and its record.
-            message.mark_delivered([i for i, (error, _) in outcomes.items() if error is None])
-            return outcomes
+        def record(results: list[Outcome]) -> None:
+            # Runs in the batch's thread right after the copies are durable: a
+            # cancellation cannot fall between a Maildir copy and its record.
+            delivered = [index for address, (error, _) in zip(group.recipients, results,
+                                                              strict=True)
+                         if error is None for index in indices_of[address]]
+            if attempt.ends_with(delivered, sum(len(indices_of[a]) for a in group.recipients)):
+                _complete_delivered(message, delivered)
+            else:
+                message.mark_delivered(delivered)
+                attempt.settled()
 
+        job = LocalJob(message, [(address, message.recipients[indices_of[address][0]].params)
+                                 for address in group.recipients], record)
         async with attempt.lock:
-            outcomes = await _blocking(deliver_all)
+            try:
+                await self.local_batches.run(job)
+            finally:
+                if job.header_block is not None:
+                    attempt.header_block = job.header_block
+        assert job.outcomes is not None
+        outcomes = {index: outcome for address, outcome in zip(group.recipients, job.outcomes,
+                                                               strict=True)
+                    for index in indices_of[address]}
         delivered = {i: outcome for i, outcome in outcomes.items() if outcome[0] is None}
         for index, (_, detail) in delivered.items():
             self._log(attempt, index, "sent", f"local: {detail}")
         if delivered:
             metrics.delivery_outcome("delivered", len(delivered))
         await self._record(attempt, {i: error for i, (error, _) in outcomes.items()
-                                     if error is not None}, group.route)
+                                     if error is not None}, group.route, decided=True)
 
     async def _deliver_remote(self, attempt: _Attempt, group: RouteGroup,
                               indices_of: dict[str, list[int]]) -> None:
@@ -364,16 +412,24 @@ class QueueManager:
         await self._record(attempt, outcomes, route, details=details)
 
     async def _record(self, attempt: _Attempt, outcomes: dict[int, AttemptError | None],
-                      route: Route, *, detail: str = "", details: dict[int, str] | None = None
-                      ) -> None:
-        """Record delivered (None) and deferred outcomes now; keep failures for `_finish`."""
+                      route: Route, *, detail: str = "", details: dict[int, str] | None = None,
+                      decided: bool = False) -> None:
+        """Record a group's delivered (None) and deferred outcomes now; keep failures for
+        `_finish`.  `decided`: the group called `ends_with` itself (local delivery)."""
         message = attempt.message
         delivered = [index for index, error in outcomes.items() if error is None]
+        ends = not decided and attempt.ends_with(delivered, len(outcomes))
         if delivered:
-            await attempt.update(message.mark_delivered, delivered)
+            if ends:
+                # No await between this decision and the unlink: no cancellation between.
+                _complete_delivered(message, delivered)
+            else:
+                await attempt.update(message.mark_delivered, delivered)
             metrics.delivery_outcome("delivered", len(delivered))
             for index in delivered:
                 self._log(attempt, index, "sent", (details or {}).get(index, detail))
+        if not decided and not ends:
+            attempt.settled()
         deferred: dict[tuple[str, str | None], list[int]] = {}
         for index, error in outcomes.items():
             if error is None:
@@ -406,13 +462,16 @@ class QueueManager:
         if attempt.failures:
             await self._fail(attempt, now)
         if not deferred:
-            await _blocking(message.complete, bool(attempt.failures))
+            if attempt.failures:  # a DSN was queued: make the removal durable (one fsync)
+                await _blocking(message.complete, True)
+            else:
+                message.complete()  # an unlink: nothing to wait for, no thread
             return
         if schedule.delay_warning_due(message.arrival, now, is_bounce=is_bounce,
                                       already_warned=message.delay_warned is not None):
             await self._warn_delay(attempt, deferred, now)
         next_try = schedule.next_try(message.arrival, now, is_bounce)
-        await _blocking(message.defer, next_try)
+        message.defer(next_try)  # futimens and a rename, not flushed: no thread
         metrics.delivery_outcome("deferred", len(deferred))
         log.info("%s: %d recipients deferred; next try at %s", message.queue_id, len(deferred),
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(next_try)))
@@ -488,21 +547,7 @@ class QueueManager:
                  message.recipients[index].address, delay, status, detail)
 
 
-def _lock(message: ActiveMessage) -> bool:
-    """Hold the message's flock while we own it (see recover_orphans); if an orphan scan
-    holds it right now, give the message back for later."""
-    try:
-        fcntl.flock(message.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        with contextlib.suppress(SpoolError):
-            message.release()
-        return False
-
-
-def _is_open(message: ActiveMessage) -> bool:
-    try:
-        message.fileno()
-    except RuntimeError:
-        return False
-    return True
+def _domain_of(address: str) -> str:
+    # As Router.route_recipients: rpartition, since a quoted local part may hold "@".
+    _, at, domain = address.strip().strip("<>").rpartition("@")
+    return domain if at else ""

@@ -13,7 +13,7 @@ While it runs, a worker holds a shared flock on `<spool>/delivery.lock`; `delive
 `fastmta queue flush`).  The kernel drops the lock when a worker dies, so a crash never
 leaves a stale marker.  Workers never call `Spool.recover()` (receive workers may be
 writing tmp/ files); the master does that before it forks, and each worker returns the
-active/ files of dead workers itself (`manager.recover_orphans`).
+active/ files of dead workers itself (`orphans.recover_orphans`).
 """
 
 from __future__ import annotations

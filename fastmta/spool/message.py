@@ -17,7 +17,9 @@ Invariants:
 
 Each update blocks for one fsync (about 0.1-1 ms): on an event loop, run it in a
 thread (`await asyncio.to_thread(message.mark_delivered, [0])`), one update at a
-time per message (the handle is not safe for concurrent use).
+time per message (the handle is not safe for concurrent use).  The endings
+`complete()`, `defer()` and `release()` are one unlink or rename (and a futimens)
+without a flush, cheap enough for an event loop; `complete(sync=True)` fsyncs.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ class MessageFile:
     @property
     def delay_warned(self) -> float | None:
         return self.parsed.delay_warned
+
+    @property
+    def closed(self) -> bool:
+        """True once closed: for an ActiveMessage, once it was completed, deferred or
+        released (this process no longer owns it)."""
+        return self._fd is None
 
     def fileno(self) -> int:
         """The descriptor, for os.sendfile(out, fileno(), body_offset, body_length)."""
@@ -186,8 +194,10 @@ class ActiveMessage(MessageFile):
     def complete(self, sync: bool = False) -> None:
         """Remove the message: every recipient is delivered, or failed and bounced.
 
-        Not fsynced by default: a file a crash brings back has only done recipients.
-        Pass sync=True after queueing a DSN, so a crash cannot cause a second one."""
+        Not fsynced by default: a file a power loss brings back is delivered again to
+        the recipients not recorded as done in it (a caller may skip recording the
+        deliveries that this unlink ends; docs/spool.md).  Pass sync=True after
+        queueing a DSN, so a crash cannot cause a second one."""
         self.fileno()
         try:
             os.unlink(self.path)

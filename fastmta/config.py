@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "Setting", "SETTINGS", "load_config", "parse_hostport"]
+__all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "load_config", "parse_hostport"]
 
 
 class ConfigError(ValueError):
@@ -218,11 +218,12 @@ def parse_map(value: Any) -> Mapping[str, str]:
             pairs[key.strip().lower()] = val.strip()
         value = pairs
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected a table of strings, got {value!r}")
+        raise ValueError(  # noqa: TRY004 - reported as a config error
+            f"expected a table of strings, got {value!r}")
     result = {}
     for key, val in value.items():
         if not isinstance(val, str):
-            raise ValueError(f"value for {key!r} must be a string, got {val!r}")
+            raise ValueError(f"value for {key!r} must be a string, got {val!r}")  # noqa: TRY004
         result[str(key).lower().rstrip(".")] = val.strip()
     return MappingProxyType(result)
 
@@ -359,7 +360,7 @@ class Config:
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_hostport(item) for item in self.listen]
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
 

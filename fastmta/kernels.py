@@ -1,7 +1,7 @@
 """Chooses the byte-level kernel backend once, at import, and re-exports its API.
 
 The kernels (line splitting, DATA reading, dot-stuffing, base64, quoted-printable,
-RFC 2047 words) exist twice with identical behaviour: compiled in `fastmta._ext`
+RFC 2047 words, the spool's batch commit) exist twice with identical behaviour: compiled in `fastmta._ext`
 (Cython) and as pure-Python twins in `fastmta._pure`.  Everything else imports them
 from here, never from either package directly.
 
@@ -21,7 +21,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-KERNEL_MODULES = ("lines", "datareader", "dotstuff", "b64", "qp", "rfc2047")
+KERNEL_MODULES = ("lines", "datareader", "dotstuff", "b64", "qp", "rfc2047", "spoolio")
 _PACKAGES = {"cython": "fastmta._ext", "python": "fastmta._pure"}
 
 

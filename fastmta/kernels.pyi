@@ -23,6 +23,11 @@ from fastmta._pure.qp import qp_encode as qp_encode
 from fastmta._pure.rfc2047 import DecodedHeader as DecodedHeader
 from fastmta._pure.rfc2047 import decode_words as decode_words
 from fastmta._pure.rfc2047 import encode_words as encode_words
+from fastmta._pure.spoolio import COMMITTED as COMMITTED
+from fastmta._pure.spoolio import IN_TMP as IN_TMP
+from fastmta._pure.spoolio import NOT_CREATED as NOT_CREATED
+from fastmta._pure.spoolio import PUBLISHED as PUBLISHED
+from fastmta._pure.spoolio import commit_files as commit_files
 
 KERNEL_MODULES: tuple[str, ...]
 BACKEND: str

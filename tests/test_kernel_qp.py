@@ -202,7 +202,8 @@ def test_text_mode_differs_from_b2a_qp_on_lone_lf_on_purpose(backend):
 @given(data=st.binary(max_size=800))
 def test_we_decode_what_the_standard_library_encodes(backend, data):
     assert backend.qp_decode(binascii.b2a_qp(data, istext=False)) == data
-    assert backend.qp_decode(quopri.encodestring(data, quotetabs=True)) == data
+    if b"\r" not in data:  # quopri is a text-mode encoder: it rewrites some CRLF line ends as LF
+        assert backend.qp_decode(quopri.encodestring(data, quotetabs=True)) == data
 
 
 @fixture_ok

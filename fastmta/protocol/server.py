@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,50 @@ __all__ = ["PARAMETER_LINE_ALLOWANCE", "RecipientPolicyLike", "ServerConnection"
 PARAMETER_LINE_ALLOWANCE = 512
 _LONG_LINE_VERBS = frozenset({b"MAIL", b"RCPT"})
 _MAX_PIECE = 64 * 1024
+
+# Fast paths for the forms of MAIL and RCPT nearly every client sends: an ASCII
+# dot-atom local part at a domain of at most 63 octets (so no length rule of
+# address.py applies), MAIL with at most SIZE and BODY.  They give exactly what
+# address.py's general parser gives for those forms (a property test checks it),
+# without its UTF-8 decode and parameter table; anything else goes to address.py.
+_ATEXT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"  # RFC 5321 4.1.2 atext, ASCII
+_LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SIMPLE_PATH = re.compile(rb"<(%s(?:\.%s)*@(%s(?:\.%s)*))>" % (_ATEXT, _ATEXT, _LABEL, _LABEL))
+_BODY_VALUES = frozenset({b"7BIT", b"8BITMIME", b"BINARYMIME"})
+
+
+def _simple_mail(arg: bytes) -> tuple[str, dict[str, str | None]] | None:
+    """(address, params) of "FROM:<local@domain>[ SIZE=n][ BODY=x]", or None."""
+    if arg[:5].upper() != b"FROM:":
+        return None
+    match = _SIMPLE_PATH.match(arg, 5)
+    if match is None or len(match.group(2)) > 63:
+        return None
+    params: dict[str, str | None] = {}
+    rest = arg[match.end():]
+    if rest:
+        if rest[0] != 0x20:
+            return None
+        for token in rest[1:].split(b" "):
+            keyword, _, value = token.partition(b"=")
+            name = keyword.upper()
+            if name == b"SIZE" and value.isdigit() and len(value) <= 20 and "SIZE" not in params:
+                params["SIZE"] = str(int(value))
+            elif name == b"BODY" and value.upper() in _BODY_VALUES and "BODY" not in params:
+                params["BODY"] = value.upper().decode("ascii")
+            else:
+                return None
+    return match.group(1).decode("ascii"), params
+
+
+def _simple_rcpt(arg: bytes) -> str | None:
+    """The address of "TO:<local@domain>" without parameters, or None."""
+    if arg[:3].upper() != b"TO:":
+        return None
+    match = _SIMPLE_PATH.match(arg, 3)
+    if match is None or match.end() != len(arg) or len(match.group(2)) > 63:
+        return None
+    return match.group(1).decode("ascii")
 
 
 class RecipientPolicyLike(Protocol):
@@ -208,7 +253,10 @@ class ServerConnection:
     @property
     def input_buffered(self) -> int:
         """Received bytes not processed yet; pause reading when this grows large."""
-        return self._lines.buffered + sum(map(len, self._inbox)) - self._inbox_pos
+        inbox = self._inbox
+        if not inbox:  # the usual case: everything received was parsed
+            return self._lines.buffered
+        return self._lines.buffered + sum(map(len, inbox)) - self._inbox_pos
 
     def greeting(self) -> None:
         """Queue the 220 greeting (RFC 5321 4.3.1); call once, when the client connects."""
@@ -441,14 +489,18 @@ class ServerConnection:
         self._hello(arg, True)
 
     def _mail(self, arg: bytes) -> None:
-        if arg[:5].upper() != b"FROM:":
-            return self._send(replies.SYNTAX_MAIL)
-        try:
-            address, params = parse_mail_argument(arg[5:].decode("utf-8"))
-        except UnicodeDecodeError:
-            return self._send(replies.BAD_SENDER_SYNTAX)
-        except PathError as exc:
-            return self._send(exc.reply)
+        simple = _simple_mail(arg)
+        if simple is not None:
+            address, params = simple
+        else:
+            if arg[:5].upper() != b"FROM:":
+                return self._send(replies.SYNTAX_MAIL)
+            try:
+                address, params = parse_mail_argument(arg[5:].decode("utf-8"))
+            except UnicodeDecodeError:
+                return self._send(replies.BAD_SENDER_SYNTAX)
+            except PathError as exc:
+                return self._send(exc.reply)
         smtputf8 = "SMTPUTF8" in params
         if not smtputf8 and not address.isascii():
             return self._send(replies.NON_ASCII_ADDRESS)
@@ -468,14 +520,19 @@ class ServerConnection:
         self._events.append(MailFrom(address, params))
 
     def _rcpt(self, arg: bytes) -> None:
-        if arg[:3].upper() != b"TO:":
-            return self._send(replies.SYNTAX_RCPT)
-        try:
-            address, params = parse_rcpt_argument(arg[3:].decode("utf-8"))
-        except UnicodeDecodeError:
-            return self._send(replies.BAD_RECIPIENT_SYNTAX)
-        except PathError as exc:
-            return self._send(exc.reply)
+        simple = _simple_rcpt(arg)
+        params: dict[str, str | None] = {}
+        if simple is not None:
+            address = simple
+        else:
+            if arg[:3].upper() != b"TO:":
+                return self._send(replies.SYNTAX_RCPT)
+            try:
+                address, params = parse_rcpt_argument(arg[3:].decode("utf-8"))
+            except UnicodeDecodeError:
+                return self._send(replies.BAD_RECIPIENT_SYNTAX)
+            except PathError as exc:
+                return self._send(exc.reply)
         transaction = self.transaction
         assert transaction is not None  # the state table allows RCPT only inside one
         if not transaction.smtputf8 and not address.isascii():

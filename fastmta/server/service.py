@@ -152,12 +152,12 @@ class ReceiveService:
         self.stop_accepting()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.info("drain timeout: closing %d open sessions with 421", len(self.sessions))
             for session in list(self.sessions):
                 session.shutdown()
             try:
                 await asyncio.wait_for(self._idle.wait(), 10.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d sessions still open after the drain; exiting anyway",
                             len(self.sessions))

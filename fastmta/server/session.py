@@ -26,6 +26,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from fastmta import metrics
+from fastmta.process import logsetup
 from fastmta.protocol.events import (
     Close,
     DataChunk,
@@ -63,10 +64,27 @@ def rfc5322_now() -> str:
 
 class SMTPSession(asyncio.Protocol):
     __slots__ = (
-        "service", "loop", "transport", "conn", "peer", "writer", "transaction",
-        "last_activity", "idle_handle", "greeting_handle", "closing", "reading_paused",
-        "writing_paused", "waiting", "started", "messages", "rejected", "close_reason",
+        "close_reason",
+        "closing",
+        "conn",
+        "greeting_handle",
+        "idle_handle",
         "input_ended",
+        "last_activity",
+        "loop",
+        "messages",
+        "peer",
+        "reading_paused",
+        "rejected",
+        "service",
+        "size",
+        "started",
+        "transaction",
+        "transport",
+        "waiting",
+        "who",
+        "writer",
+        "writing_paused",
     )
 
     def __init__(self, service: ReceiveService) -> None:
@@ -89,18 +107,22 @@ class SMTPSession(asyncio.Protocol):
         self.rejected = 0
         self.close_reason = "client closed"
         self.input_ended = False  # the client half-closed while a commit was pending
+        self.who = "unknown"  # the client as log lines name it: "ip:port", "[ipv6]:port"
+        self.size = 0  # of the message being committed
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peername = transport.get_extra_info("peername") or ("unknown", 0)
-        self.peer = PeerInfo(peername[0], peername[1])
+        ip, port = peername[0], peername[1]
+        self.peer = PeerInfo(ip, port)
+        self.who = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         self.started = self.last_activity = self.loop.time()
         service = self.service
         refusal = service.admit(self)
         if refusal is not None:
-            transport.write(refusal)
+            transport.write(refusal)  # type: ignore[attr-defined]  # a stream transport
             metrics.connection_refused()
             self.close_reason = "refused: too many connections"
             self.closing = True
@@ -132,7 +154,7 @@ class SMTPSession(asyncio.Protocol):
             if events:
                 self._handle(events)
         except Exception:
-            log.exception("%s: internal error while handling input; closing the session", self._who())
+            log.exception("%s: internal error while handling input; closing the session", self.who)
             self._abort_message()
             self.close_reason = "internal error"
             self._close()
@@ -163,10 +185,11 @@ class SMTPSession(asyncio.Protocol):
         if self.writer is not None and not self.waiting:
             self._abort_message()  # gone mid-DATA: nothing may reach incoming/
         self.service.release(self)
-        duration = self.loop.time() - self.started
-        log.info("%s: disconnect helo=%s messages=%d rejected=%d duration=%.3fs reason=%s",
-                 self._who(), self._helo(), self.messages, self.rejected, duration,
-                 self.close_reason if exc is None else f"{self.close_reason} ({exc})")
+        if log.isEnabledFor(logging.INFO):  # the line per connection
+            reason = self.close_reason if exc is None else f"{self.close_reason} ({exc})"
+            logsetup.info(log, f"{self.who}: disconnect helo={self._helo()} messages={self.messages} "
+                               f"rejected={self.rejected} "
+                               f"duration={self.loop.time() - self.started:.3f}s reason={reason}")
 
     def pause_writing(self) -> None:
         # The client does not read our replies: stop reading its commands until it does.
@@ -193,12 +216,12 @@ class SMTPSession(asyncio.Protocol):
                 self._abort_message()
                 self.rejected += 1
                 metrics.message_rejected(metrics.rejection_reason(event.reply.enhanced))
-                log.info("%s: rejected from=<%s> reason=%s", self._who(),
+                log.info("%s: rejected from=<%s> reason=%s", self.who,
                          self.transaction.sender if self.transaction else "",
                          event.reply.to_bytes(self.service.hostname).decode().rstrip())
             elif kind is RcptRejected:
                 metrics.message_rejected("rcpt_" + metrics.rejection_reason(event.reply.enhanced))
-                log.info("%s: recipient refused from=<%s> to=<%s> reason=%s", self._who(),
+                log.info("%s: recipient refused from=<%s> to=<%s> reason=%s", self.who,
                          self.conn.transaction.sender if self.conn and self.conn.transaction else "",
                          event.address, event.reply.to_bytes(self.service.hostname).decode().rstrip())
             elif kind is StartTLS:
@@ -226,7 +249,7 @@ class SMTPSession(asyncio.Protocol):
                 recipients[0].address if len(recipients) == 1 else None, rfc5322_now(),
             ))
         except (SpoolError, OSError) as exc:
-            log.error("%s: cannot open a spool file: %s", self._who(), exc)
+            log.error("%s: cannot open a spool file: %s", self.who, exc)
             self.writer = None
             return
         self.writer = writer
@@ -239,21 +262,22 @@ class SMTPSession(asyncio.Protocol):
             self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, "spool unavailable")
             return
         self.waiting = True
-        self.loop.create_task(self._commit(writer, size))
+        self.size = size
+        try:
+            # No Task per message: the spool calls _committed from its wake-up callback.
+            writer.commit_then(self._committed, self.loop)
+        except Exception:
+            log.exception("%s: unexpected error committing %s", self.who, writer.queue_id)
+            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, "internal error")
 
-    async def _commit(self, writer: MessageWriter, size: int) -> None:
+    def _committed(self, writer: MessageWriter, error: SpoolError | None) -> None:
         conn = self.conn
         assert conn is not None
-        try:
-            await writer.commit()
-        except SpoolError as exc:
-            log.error("%s: spool write failed for %s: %s", self._who(), writer.queue_id, exc)
-            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, str(exc))
-        except Exception:
-            log.exception("%s: unexpected error committing %s", self._who(), writer.queue_id)
-            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, size, "internal error")
+        if error is None:
+            self._after_verdict(conn.accept_message(writer.queue_id), writer.queue_id, self.size, None)
         else:
-            self._after_verdict(conn.accept_message(writer.queue_id), writer.queue_id, size, None)
+            log.error("%s: spool write failed for %s: %s", self.who, writer.queue_id, error)
+            self._after_verdict(conn.reject_message(SPOOL_FAILURE), None, self.size, str(error))
 
     def _after_verdict(self, events: list, queue_id: str | None, size: int, error: str | None) -> None:
         self.waiting = False
@@ -264,21 +288,23 @@ class SMTPSession(asyncio.Protocol):
             self.messages += 1
             self.service.accepted += 1
             metrics.message_accepted(size, len(transaction.recipients) if transaction else 0)
-            log.info("%s: %s: accepted from=<%s> to=%s size=%d", self._who(), queue_id,
-                     transaction.sender if transaction else "",
-                     ",".join(f"<{r.address}>" for r in transaction.recipients) if transaction else "",
-                     size)
+            if log.isEnabledFor(logging.INFO):  # the line per accepted message
+                sender, recipients = ((transaction.sender, transaction.recipients)
+                                      if transaction else ("", []))
+                logsetup.info(log, f"{self.who}: {queue_id}: accepted from=<{sender}> "
+                                   f"to={','.join([f'<{r.address}>' for r in recipients])} "
+                                   f"size={size}")
         else:
             self.rejected += 1
             metrics.message_rejected(metrics.rejection_reason(SPOOL_FAILURE.enhanced))
-            log.warning("%s: message not accepted (452 4.3.1): %s", self._who(), error)
+            log.warning("%s: message not accepted (452 4.3.1): %s", self.who, error)
         if self.closing:
             return
         try:
             if events:
                 self._handle(events)
         except Exception:
-            log.exception("%s: internal error after a commit; closing the session", self._who())
+            log.exception("%s: internal error after a commit; closing the session", self.who)
             self.close_reason = "internal error"
             self._close()
             return
@@ -302,20 +328,21 @@ class SMTPSession(asyncio.Protocol):
 
     async def _upgrade(self) -> None:
         transport = self.transport
-        assert transport is not None and self.conn is not None
+        tls_context = self.service.tls_context
+        assert transport is not None and self.conn is not None and tls_context is not None
         try:
             new_transport = await self.loop.start_tls(
-                transport, self, self.service.tls_context, server_side=True,
+                transport, self, tls_context, server_side=True,
                 ssl_handshake_timeout=60.0,
             )
-        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-            log.info("%s: TLS handshake failed: %s", self._who(), exc)
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            log.info("%s: TLS handshake failed: %s", self.who, exc)
             self.close_reason = "TLS handshake failed"
             self.closing = True
             transport.abort()
             return
-        except Exception as exc:  # ssl.SSLError and friends
-            log.info("%s: TLS handshake failed: %s", self._who(), exc)
+        except Exception as exc:  # noqa: BLE001 - ssl.SSLError and friends: the session ends, the worker goes on
+            log.info("%s: TLS handshake failed: %s", self.who, exc)
             self.close_reason = "TLS handshake failed"
             self.closing = True
             transport.abort()
@@ -387,12 +414,6 @@ class SMTPSession(asyncio.Protocol):
                 self.transport.close()  # sends what was written, then closes
 
     # --- logging helpers ----------------------------------------------------------------
-
-    def _who(self) -> str:
-        peer = self.peer
-        if peer is None:
-            return "unknown"
-        return f"[{peer.ip}]:{peer.port}" if ":" in peer.ip else f"{peer.ip}:{peer.port}"
 
     def _helo(self) -> str:
         conn = self.conn

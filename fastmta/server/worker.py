@@ -23,6 +23,7 @@ import uvloop
 
 from fastmta import metrics
 from fastmta.config import Config
+from fastmta.process import logsetup
 from fastmta.server.service import ReceiveService
 
 log = logging.getLogger("fastmta.smtpd")
@@ -56,6 +57,7 @@ async def serve_until_stopped(config: Config, sockets: list[socket.socket], *,
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     service = ReceiveService(config, loop, tls_context=tls_context)
     metrics.start_flushing(loop)
+    logsetup.batch_writes(loop)  # one write(2) per loop iteration for the session lines
     try:
         await service.start(sockets)
         if on_ready is not None:
@@ -67,4 +69,5 @@ async def serve_until_stopped(config: Config, sockets: list[socket.socket], *,
     finally:
         service.spool.close()
         metrics.flush()
+        logsetup.batch_writes(None)  # writes what is pending: the process exits next
     return 0

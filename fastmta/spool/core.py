@@ -73,7 +73,7 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str], *,
                  spill_threshold: int = DEFAULT_SPILL_THRESHOLD,
                  sync_mode: str = "fsync",
-                 fsync_threads: int = 4,
+                 fsync_threads: int = 1,
                  deferred_rescan_interval: float = 60.0) -> None:
         if sync_mode not in SYNC_MODES:
             raise ValueError(f"sync_mode must be one of {', '.join(SYNC_MODES)}, got {sync_mode!r}")

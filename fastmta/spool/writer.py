@@ -12,8 +12,11 @@ Invariants:
 - `write` never raises an OS error: a failed spill is kept and reported by
   `commit` (so the transport can keep draining DATA and answer 452 at the end).
 - A small message costs open + writev + fsync + close + rename, all off the event
-  loop (commit thread and its fsync pool), plus a share of one directory fsync per
-  batch (`commit_batch`).
+  loop in the commit thread, plus a share of one directory fsync per batch
+  (`commit_batch`).  The system calls of a whole batch run in one call of the
+  `spoolio` kernel (GIL released once); the Python path that makes them one by one
+  serves the pause hooks of the crash tests and os functions replaced to inject
+  faults.
 - Whatever fails, the tmp/ file is removed; a message whose directory fsync failed
   is unlinked from incoming/ too, so a client told "452" is never also delivered
   (unless a delivery worker claimed it in that instant; see docs/spool.md).
@@ -28,10 +31,9 @@ import errno
 import os
 import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from itertools import repeat
 from typing import TYPE_CHECKING
 
+from fastmta.kernels import IN_TMP, PUBLISHED, commit_files
 from fastmta.spool.errors import SpoolError
 from fastmta.spool.fileformat import encode_end_marker, encode_preamble
 from fastmta.spool.fsutil import describe_os_error, syncfs, write_all
@@ -39,9 +41,11 @@ from fastmta.spool.fsutil import describe_os_error, syncfs, write_all
 if TYPE_CHECKING:
     from fastmta.spool.core import Spool
 
-__all__ = ["MessageWriter", "PauseHook", "commit_batch"]
+__all__ = ["CommitCallback", "MessageWriter", "PauseHook", "commit_batch"]
 
 PauseHook = Callable[[str, str], None]
+# commit_then's callback: (writer, None) once durable, (writer, SpoolError) if not.
+CommitCallback = Callable[["MessageWriter", "SpoolError | None"], None]
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 _OPEN, _COMMITTING, _COMMITTED, _ABORTED = range(4)
@@ -51,6 +55,7 @@ class MessageWriter:
 
     __slots__ = (
         "_buffered",
+        "_callback",
         "_chunks",
         "_crc",
         "_created",
@@ -59,8 +64,10 @@ class MessageWriter:
         "_fd",
         "_final_path",
         "_future",
+        "_head",
         "_header_rest",
         "_loop",
+        "_parts",
         "_phase",
         "_renamed",
         "_spool",
@@ -85,11 +92,14 @@ class MessageWriter:
         self._fd: int | None = None
         self._tmp_path = f"{spool.tmp_dir}/{queue_id}"
         self._final_path = f"{spool.incoming_dir}/{queue_id}"
+        self._parts: list[bytes] = []  # what commit writes: set by _start_commit
+        self._head: bytes | None = None  # the preamble of a spilled file, written last at 0
         self._created = False  # tmp/<id> exists (or existed)
         self._renamed = False
         self._phase = _OPEN
         self._error: BaseException | None = None
         self._future: asyncio.Future[None] | None = None
+        self._callback: CommitCallback | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -140,6 +150,30 @@ class MessageWriter:
             raise
         await self._future
 
+    def commit_then(self, callback: CommitCallback,
+                    loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`commit()` without a coroutine, for a transport on an event loop: start the
+        commit and return at once; `callback(writer, error)` runs later on this thread's
+        loop, with error None once the message is durable in incoming/, else the
+        SpoolError (a failed spill, a closed spool, a disk error).  It is never called
+        from inside `commit_then` itself.  `loop` is the running loop, if the caller
+        has it at hand (asking asyncio costs a system call on Python 3.11)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        self._start_commit()
+        self._loop = loop
+        if self._error is None:
+            self._callback = callback
+            try:
+                self._spool._committer().submit(self)
+                return
+            except SpoolError as exc:
+                self._callback = None
+                self._discard()  # the spool is closed
+                loop.call_soon(callback, self, exc)
+                return
+        loop.call_soon(callback, self, self._spool_error())
+
     def commit_sync(self) -> None:
         """`commit` for code without an event loop (bounces): blocks, same durability."""
         self._start_commit()
@@ -154,9 +188,23 @@ class MessageWriter:
     # --- internals, also used by commit_batch in the commit thread ---------------
 
     def _start_commit(self) -> None:
+        """Close the message to writes and lay out what is left to write (on the
+        caller's thread, so the commit thread has less Python to run)."""
         if self._phase != _OPEN:
             raise RuntimeError(f"message {self.queue_id} is already committed or aborted")
         self._phase = _COMMITTING
+        if self._error is not None:
+            return
+        preamble = encode_preamble(self._envelope_line_length, self.size)
+        header_crc = zlib.crc32(
+            memoryview(self._header_rest)[:self._envelope_line_length + 1], zlib.crc32(preamble))
+        end_marker = encode_end_marker(header_crc, self._crc)
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        if self._fd is None:
+            self._parts = [preamble, self._header_rest, *chunks, end_marker]
+        else:  # spilled: the rest, then the preamble with the real body length
+            self._parts = [*chunks, end_marker]
+            self._head = preamble
 
     def _spill(self) -> None:
         try:
@@ -175,21 +223,33 @@ class MessageWriter:
 
     def _write_out(self) -> None:
         """Write everything not yet written, end marker included; no fsync."""
-        preamble = encode_preamble(self._envelope_line_length, self.size)
-        header_crc = zlib.crc32(
-            memoryview(self._header_rest)[:self._envelope_line_length + 1], zlib.crc32(preamble))
-        end_marker = encode_end_marker(header_crc, self._crc)
-        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        parts, self._parts = self._parts, []
         if self._fd is None:
             self._fd = os.open(self._tmp_path, _CREATE_FLAGS, 0o600)
             self._created = True
-            parts: list[bytes | memoryview] = [preamble, self._header_rest, *chunks, end_marker]
-            write_all(self._fd, parts)
-        else:
-            rest: list[bytes | memoryview] = [*chunks, end_marker]
-            write_all(self._fd, rest)
-            if os.pwrite(self._fd, preamble, 0) != len(preamble):
-                raise OSError(errno.EIO, "short write of the preamble")
+        write_all(self._fd, list(parts))
+        head = self._head
+        if head is not None and os.pwrite(self._fd, head, 0) != len(head):
+            raise OSError(errno.EIO, "short write of the preamble")
+
+    def _job(self) -> tuple[int, bytes, bytes, list[bytes], bytes | None]:
+        """This file's entry for the spoolio kernel."""
+        return (-1 if self._fd is None else self._fd, os.fsencode(self._tmp_path),
+                os.fsencode(self._final_path), self._parts, self._head)
+
+    def _committed_by_kernel(self, failure: int, stage: int) -> bool:
+        """Take the kernel's verdict on this file (it closed the descriptor)."""
+        self._fd = None
+        self._parts = []
+        if not failure:
+            self._renamed = True
+            return True
+        if stage == IN_TMP:
+            self._created = True
+        elif stage == PUBLISHED:
+            self._created = self._renamed = True
+        self._fail(OSError(failure, os.strerror(failure)))
+        return False
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None
@@ -234,6 +294,30 @@ class MessageWriter:
             self._phase = _COMMITTED
 
 
+# The system calls the spoolio kernel makes itself.  Tests inject disk faults by
+# replacing these os functions, which the kernel would not see: while one is
+# replaced, batches take the Python path, which calls them.
+_OS_CALLS = (os.open, os.writev, os.pwrite, os.fsync, os.close, os.rename)
+
+
+def _os_calls_untouched() -> bool:
+    return (os.open, os.writev, os.pwrite, os.fsync, os.close, os.rename) == _OS_CALLS
+
+
+def _commit_with_kernel(writers: list[MessageWriter], spool: Spool) -> None:
+    """commit_batch in one kernel call: every system call of the batch, GIL released."""
+    results = commit_files([writer._job() for writer in writers], spool.incoming_fd,
+                           spool.sync_mode == "syncfs")
+    published = 0
+    for writer, (failure, stage) in zip(writers, results):
+        if writer._committed_by_kernel(failure, stage):
+            published += 1
+        writer._finished()
+    if published:
+        spool.committed_batches += 1
+        spool.committed_messages += published
+
+
 def _hook(spool: Spool, point: str, writers: Iterable[MessageWriter]) -> None:
     hook = spool.pause_hook
     if hook is not None:
@@ -255,32 +339,20 @@ def _write_and_sync(writer: MessageWriter, spool: Spool) -> None:
         writer._fail(exc)
 
 
-def _write_and_sync_all(writers: list[MessageWriter], spool: Spool) -> None:
-    for writer in writers:
-        _write_and_sync(writer, spool)
-
-
-def commit_batch(writers: list[MessageWriter], spool: Spool,
-                 pool: ThreadPoolExecutor | None = None) -> None:
+def commit_batch(writers: list[MessageWriter], spool: Spool) -> None:
     """Make every writer durable in incoming/ with one directory fsync for all.
 
-    sync_mode "fsync": write and fsync each file (on `pool`'s threads when given:
-    ext4 merges concurrent fsyncs into one journal commit), then rename each.
+    sync_mode "fsync": write and fsync each file, then rename each.
     sync_mode "syncfs": write all, one syncfs for the file system, rename all.
     Then one fsync of incoming/ covers every rename.  Data is durable before its
     rename in both modes, so a crash never leaves a torn file in incoming/.
     A writer that fails gets `_error` set and is cleaned up; the others go on.
     """
-    if pool is not None and len(writers) > 1:
-        # One task per pool thread, each with an interleaved share of the batch: a
-        # task per message would cost more thread handoffs than the fsyncs save.
-        shares = min(len(writers), spool.fsync_threads)
-        for _ in pool.map(_write_and_sync_all, [writers[i::shares] for i in range(shares)],
-                          repeat(spool)):
-            pass
-    else:
-        for writer in writers:
-            _write_and_sync(writer, spool)
+    if spool.pause_hook is None and _os_calls_untouched():
+        _commit_with_kernel(writers, spool)
+        return
+    for writer in writers:
+        _write_and_sync(writer, spool)
     live = [writer for writer in writers if writer._error is None]
     if live and spool.sync_mode == "syncfs":
         try:

@@ -1,0 +1,231 @@
+# cython: language_level=3
+"""Commit a batch of new spool files with the GIL released once (compiled twin of
+fastmta._pure.spoolio, which is the reference and documents the API).
+
+`commit_files(jobs, dir_fd, use_syncfs=False) -> [(errno, stage)]`: per job
+`(fd, tmp_path, final_path, parts, head)`, create (if fd is -1), writev the parts,
+pwrite the head at 0, fsync, close; then syncfs once (if asked), rename every good
+file, fsync `dir_fd` once for all renames.
+
+Why compiled: the spool's commit thread runs this for every batch while the event
+loop thread runs Python.  Made from Python, each of the five or six system calls per
+message gives the GIL up and takes it back, and every take-back while the loop holds
+it is a futex sleep, a wake-up and two context switches.  Here the batch is read
+into C arrays with the GIL held, every system call of the batch runs in one `nogil`
+block, and the results are built with the GIL again: two GIL round trips per batch
+instead of about five per message.
+
+Invariants (identical to the twin):
+- A file is renamed only after its data reached the disk (fsync or syncfs).
+- Every descriptor, given or opened, is closed when the call returns.
+- One directory fsync covers every rename of the batch; none if nothing was renamed.
+- A malformed job (paths, parts or head not bytes) raises TypeError before any
+  system call.  The parts must be bytes objects: they stay referenced by `jobs` for
+  the whole call, and bytes never move or change, so the GIL can be released.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.errno cimport EINTR, EIO, errno
+from libc.stdlib cimport calloc, free
+from posix.types cimport off_t
+from posix.uio cimport iovec
+
+__all__ = ["COMMITTED", "IN_TMP", "NOT_CREATED", "PUBLISHED", "commit_files"]
+
+cdef enum Stage:
+    STAGE_COMMITTED = 0
+    STAGE_NOT_CREATED = 1
+    STAGE_IN_TMP = 2
+    STAGE_PUBLISHED = 3
+
+COMMITTED = STAGE_COMMITTED
+NOT_CREATED = STAGE_NOT_CREATED
+IN_TMP = STAGE_IN_TMP
+PUBLISHED = STAGE_PUBLISHED
+
+cdef extern from "<fcntl.h>" nogil:
+    int c_open "open"(const char *path, int flags, int mode)
+    enum:
+        O_WRONLY
+        O_CREAT
+        O_EXCL
+        O_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
+    int c_fsync "fsync"(int fd)
+    int c_syncfs "syncfs"(int fd)
+    ssize_t c_pwrite "pwrite"(int fd, const void *buf, size_t count, off_t offset)
+
+cdef extern from "<sys/uio.h>" nogil:
+    ssize_t c_writev "writev"(int fd, const iovec *iov, int iovcnt)
+
+cdef extern from "<stdio.h>" nogil:
+    int c_rename "rename"(const char *oldpath, const char *newpath)
+
+cdef enum:
+    IOV_MAX = 1024  # Linux UIO_MAXIOV
+
+
+cdef struct FileJob:
+    int fd
+    const char *tmp_path
+    const char *final_path
+    Py_ssize_t first_part  # index into the shared iovec array
+    Py_ssize_t part_count
+    const char *head
+    Py_ssize_t head_length  # -1: no head
+    int failure  # errno, 0 while all is well
+    int stage
+
+
+cdef int _write_all(int fd, iovec *iov, Py_ssize_t count) noexcept nogil:
+    """writev until every byte is written; 0 or an errno.  Modifies `iov`."""
+    cdef ssize_t written
+    cdef int batch
+    while count > 0:
+        batch = <int>(count if count < IOV_MAX else IOV_MAX)
+        written = c_writev(fd, iov, batch)
+        if written < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if written == 0:
+            return EIO
+        while count > 0 and <size_t>written >= iov[0].iov_len:
+            written -= iov[0].iov_len
+            iov += 1
+            count -= 1
+        if count > 0 and written > 0:
+            iov[0].iov_base = <char *>iov[0].iov_base + written
+            iov[0].iov_len -= written
+    return 0
+
+
+cdef int _pwrite_all(int fd, const char *data, Py_ssize_t length) noexcept nogil:
+    cdef ssize_t written
+    cdef Py_ssize_t done = 0
+    while done < length:
+        written = c_pwrite(fd, data + done, <size_t>(length - done), <off_t>done)
+        if written < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if written == 0:
+            return EIO
+        done += written
+    return 0
+
+
+cdef void _write_file(FileJob *job, iovec *iov, bint use_syncfs) noexcept nogil:
+    cdef int fd = job.fd
+    cdef int failure = 0
+    if fd < 0:
+        while True:
+            fd = c_open(job.tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 or errno != EINTR:
+                break
+        if fd < 0:
+            job.failure = errno
+            job.stage = STAGE_NOT_CREATED
+            return
+    failure = _write_all(fd, iov + job.first_part, job.part_count)
+    if failure == 0 and job.head_length >= 0:
+        failure = _pwrite_all(fd, job.head, job.head_length)
+    if failure == 0 and not use_syncfs:
+        if c_fsync(fd) != 0:
+            failure = errno
+    if c_close(fd) != 0 and failure == 0 and errno != EINTR:
+        failure = errno  # (EINTR: Linux closed the descriptor anyway)
+    job.fd = -1
+    if failure:
+        job.failure = failure
+        job.stage = STAGE_IN_TMP
+
+
+def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
+    """Write, sync, rename every job's file; one directory fsync (see the module docstring)."""
+    cdef Py_ssize_t count = len(jobs)
+    cdef Py_ssize_t total_parts = 0
+    cdef Py_ssize_t index, part_index, renamed = 0, live = 0
+    cdef FileJob *files = NULL
+    cdef iovec *iov = NULL
+    cdef tuple job
+    cdef list parts
+    cdef object head, part
+    cdef int failure = 0
+    if count <= 0:
+        return []
+    for index in range(count):  # check everything before the first system call
+        if type(jobs[index]) is not tuple or len(jobs[index]) != 5:
+            raise TypeError("a job is (fd, tmp_path, final_path, parts, head)")
+        job = <tuple>jobs[index]
+        if type(job[0]) is not int:
+            raise TypeError("the fd of a job must be an int")
+        if type(job[1]) is not bytes or type(job[2]) is not bytes:
+            raise TypeError("the paths of a job must be bytes")
+        if type(job[3]) is not list:
+            raise TypeError("the parts of a job must be bytes")
+        for part in <list>job[3]:
+            if type(part) is not bytes:
+                raise TypeError("the parts of a job must be bytes")
+        if job[4] is not None and type(job[4]) is not bytes:
+            raise TypeError("the head of a job must be bytes or None")
+        total_parts += len(<list>job[3])
+    files = <FileJob *>calloc(<size_t>count, sizeof(FileJob))
+    iov = <iovec *>calloc(<size_t>(total_parts if total_parts > 0 else 1), sizeof(iovec))
+    if files == NULL or iov == NULL:
+        free(files)
+        free(iov)
+        raise MemoryError()
+    try:
+        part_index = 0
+        for index in range(count):
+            job = <tuple>jobs[index]
+            files[index].fd = job[0]
+            files[index].tmp_path = PyBytes_AS_STRING(job[1])
+            files[index].final_path = PyBytes_AS_STRING(job[2])
+            parts = <list>job[3]
+            files[index].first_part = part_index
+            for part in parts:
+                if PyBytes_GET_SIZE(part) == 0:
+                    continue  # writev of only empty parts returns 0, which means no progress
+                iov[part_index].iov_base = PyBytes_AS_STRING(part)
+                iov[part_index].iov_len = <size_t>PyBytes_GET_SIZE(part)
+                part_index += 1
+            files[index].part_count = part_index - files[index].first_part
+            head = job[4]
+            if head is None:
+                files[index].head_length = -1
+            else:
+                files[index].head = PyBytes_AS_STRING(head)
+                files[index].head_length = PyBytes_GET_SIZE(head)
+        with nogil:
+            for index in range(count):
+                _write_file(&files[index], iov, use_syncfs)
+                if files[index].failure == 0:
+                    live += 1
+            if live and use_syncfs and c_syncfs(dir_fd) != 0:
+                failure = errno
+                for index in range(count):
+                    if files[index].failure == 0:
+                        files[index].failure = failure
+                        files[index].stage = STAGE_IN_TMP
+                live = 0
+            for index in range(count):
+                if live and files[index].failure == 0:
+                    if c_rename(files[index].tmp_path, files[index].final_path) == 0:
+                        renamed += 1
+                    else:
+                        files[index].failure = errno
+                        files[index].stage = STAGE_IN_TMP
+            if renamed and c_fsync(dir_fd) != 0:
+                failure = errno
+                for index in range(count):
+                    if files[index].failure == 0:
+                        files[index].failure = failure
+                        files[index].stage = STAGE_PUBLISHED
+        return [(files[index].failure, files[index].stage) for index in range(count)]
+    finally:
+        free(files)
+        free(iov)

@@ -119,3 +119,28 @@ def test_real_write_error_in_a_server_process(server_process) -> None:
     with server.smtp() as client:
         assert client.noop()[0] == 250
     assert "File too large" in server.log()  # the operator is told why
+
+
+@pytest.mark.parametrize("flags", [("--spool-sync", "syncfs"), ("--spool-commit-threads", "3")],
+                         ids=["syncfs", "three-commit-threads"])
+def test_the_other_commit_settings_store_every_message(server_process, flags: tuple[str, ...]) -> None:
+    # Several sessions at once, so the commit threads get batches of more than one.
+    server = server_process(*flags)
+    clients = [server.raw() for _ in range(6)]
+    queue_ids = []
+    try:
+        for raw in clients:
+            raw.greet()
+            raw.send(ENVELOPE)
+        for raw in clients:
+            assert [reply[:3] for reply in raw.replies(3)] == [b"250", b"250", b"354"]
+        for index, raw in enumerate(clients):
+            raw.send(message_bytes(f"message {index}") + b".\r\n")
+        queue_ids = [queue_id_of(raw.reply()) for raw in clients]
+    finally:
+        for raw in clients:
+            raw.close()
+    assert sorted(server.queued_ids()) == sorted(queue_ids)
+    assert server.files("tmp") == []
+    stored = {split_received(server.read(queue_id).content)[1] for queue_id in queue_ids}
+    assert stored == {message_bytes(f"message {index}") for index in range(6)}

@@ -124,6 +124,27 @@ def test_memory_per_session_is_bounded(server_process) -> None:
     deliver_one(server, "still serving")
 
 
+IDLE_CONNECTIONS = 1000
+MAX_KIB_PER_IDLE_CONNECTION = 10  # the documented bound (bench/README.md, "Memory"); about 3 measured
+
+
+def test_a_thousand_idle_connections_cost_a_few_kib_each(server_process) -> None:
+    server = server_process()
+    before = server.status_kib("VmRSS")
+    clients = [server.raw() for _ in range(IDLE_CONNECTIONS)]
+    try:
+        for raw in clients:
+            assert raw.greet().startswith(b"250")
+        growth = server.status_kib("VmRSS") - before
+        assert growth < IDLE_CONNECTIONS * MAX_KIB_PER_IDLE_CONNECTION, f"{growth} KiB"
+        assert clients[0].command(b"NOOP") == b"250 2.0.0 Ok\r\n"  # all still served
+        assert clients[-1].command(b"NOOP") == b"250 2.0.0 Ok\r\n"
+    finally:
+        for raw in clients:
+            raw.close()
+    deliver_one(server, "after the idle crowd")
+
+
 def test_memory_stays_bounded_for_an_accepted_20_mib_message(server_process) -> None:
     server = server_process("--max-message-size", "30M")
     before = server.status_kib("VmHWM")

@@ -10,6 +10,7 @@ class, so callers catch one class whichever backend runs.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.ref cimport Py_DECREF, PyObject
+from fastmta._ext._bytesout cimport bytes_data, drop_bytes, new_bytes, take_bytes
 
 from fastmta._pure.b64 import Base64DecodeError
 
@@ -20,22 +21,6 @@ __all__ = [
     "b64_encode",
     "b64_decode",
 ]
-
-cdef extern from "Python.h":
-    # Raw-pointer forms: the output object is held by a C pointer until it is cut
-    # to size, because _PyBytes_Resize needs the only reference to it.
-    PyObject *new_bytes "PyBytes_FromStringAndSize"(const char *, Py_ssize_t) except NULL
-    char *bytes_data "PyBytes_AS_STRING"(PyObject *)
-    void drop_bytes "Py_DECREF"(PyObject *)
-    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
-
-
-cdef object _take(PyObject *raw, Py_ssize_t used):
-    """Take over `raw` (a new bytes object nobody else holds), cut it to `used` bytes in place."""
-    _PyBytes_Resize(&raw, used)  # on failure CPython frees it and raises MemoryError
-    result = <object>raw
-    Py_DECREF(result)  # `result` now holds the one reference `raw` had
-    return result
 
 
 cdef const char *ENCODE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -318,7 +303,7 @@ cdef class Base64Decoder:
                     base + failed_at, f"byte 0x{src[failed_at]:02x} is not in the base64 alphabet"
                 )
             raise Base64DecodeError(base + failed_at, reason.decode("ascii"))
-        return _take(raw, o)
+        return take_bytes(raw, o)
 
     def finish(self) -> bytes:
         """End the stream; return the last bytes (lenient) or raise if it was cut short (strict)."""

@@ -14,24 +14,9 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_DECREF, PyObject
 from libc.string cimport memcpy
+from fastmta._ext._bytesout cimport bytes_data, drop_bytes, new_bytes, take_bytes
 
 __all__ = ["QPEncoder", "QPDecoder", "qp_encode", "qp_decode"]
-
-cdef extern from "Python.h":
-    # Raw-pointer forms: the output object is held by a C pointer until it is cut
-    # to size, because _PyBytes_Resize needs the only reference to it.
-    PyObject *new_bytes "PyBytes_FromStringAndSize"(const char *, Py_ssize_t) except NULL
-    char *bytes_data "PyBytes_AS_STRING"(PyObject *)
-    void drop_bytes "Py_DECREF"(PyObject *)
-    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
-
-
-cdef object _take(PyObject *raw, Py_ssize_t used):
-    """Take over `raw` (a new bytes object nobody else holds), cut it to `used` bytes in place."""
-    _PyBytes_Resize(&raw, used)  # on failure CPython frees it and raises MemoryError
-    result = <object>raw
-    Py_DECREF(result)  # `result` now holds the one reference `raw` had
-    return result
 
 
 cdef extern from *:
@@ -248,7 +233,7 @@ cdef class QPEncoder:
         self.column = column
         self.held_space = space
         self.held_cr = cr
-        return _take(raw, o)
+        return take_bytes(raw, o)
 
 
 # Decoder states (see QPDecoder).
@@ -546,7 +531,7 @@ cdef class QPDecoder:
         if out_of_memory:
             drop_bytes(raw)
             raise MemoryError("quoted-printable decoder: no memory to hold a whitespace run")
-        return _take(raw, o)
+        return take_bytes(raw, o)
 
 
 def qp_encode(data, bint binary=False) -> bytes:

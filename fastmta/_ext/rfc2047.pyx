@@ -12,25 +12,11 @@ cannot drift apart.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.ref cimport Py_DECREF, PyObject
+from fastmta._ext._bytesout cimport bytes_data, new_bytes, take_bytes
 
 from fastmta._pure.rfc2047 import DecodedHeader, assemble, plan_words, prepare
 
 __all__ = ["DecodedHeader", "decode_words", "encode_words"]
-
-cdef extern from "Python.h":
-    # Raw-pointer forms: the output object is held by a C pointer until it is cut
-    # to size, because _PyBytes_Resize needs the only reference to it.
-    PyObject *new_bytes "PyBytes_FromStringAndSize"(const char *, Py_ssize_t) except NULL
-    char *bytes_data "PyBytes_AS_STRING"(PyObject *)
-    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
-
-
-cdef object _take(PyObject *raw, Py_ssize_t used):
-    """Take over `raw` (a new bytes object nobody else holds), cut it to `used` bytes in place."""
-    _PyBytes_Resize(&raw, used)  # on failure CPython frees it and raises MemoryError
-    result = <object>raw
-    Py_DECREF(result)  # `result` now holds the one reference `raw` had
-    return result
 
 
 cdef const char *HEX = b"0123456789ABCDEF"
@@ -85,7 +71,7 @@ cdef object _q_decode(const unsigned char *src, Py_ssize_t n):
             dst[o] = c  # a malformed "=" stays literal
         o += 1
         i += 1
-    return _take(raw, o)
+    return take_bytes(raw, o)
 
 
 cdef tuple _b_decode(const unsigned char *src, Py_ssize_t n):
@@ -125,7 +111,7 @@ cdef tuple _b_decode(const unsigned char *src, Py_ssize_t n):
     cdef bint well_formed = (
         not junk and count != 1 and (padding == 0 or padding == (4 - count) % 4)
     )
-    return _take(raw, o), well_formed
+    return take_bytes(raw, o), well_formed
 
 
 cdef Py_ssize_t _find_word_end(const unsigned char *src, Py_ssize_t start, Py_ssize_t n):
@@ -241,7 +227,7 @@ def q_encode(data) -> bytes:
                 dst[o + 1] = HEX[c >> 4]
                 dst[o + 2] = HEX[c & 15]
                 o += 3
-        return _take(raw, o)
+        return take_bytes(raw, o)
     finally:
         PyBuffer_Release(&view)
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proctree import tree_pids  # noqa: E402
+from proctree import tree_pids
 
 MIB = 1024 * 1024
 

@@ -66,6 +66,9 @@ def test_metrics_endpoint_counts_what_was_sent_and_survives_a_killed_worker(mta)
             client.rcpt("a@localhost")
             code, reply = client.data(b"Subject: big\r\n\r\n" + b"y" * 3000 + b"\r\n")
             assert code == 552, reply
+            # Declared too big up front: refused at MAIL (RFC 1870), counted too.
+            code, reply = client.mail("sender@example.com", ["SIZE=5000"])
+            assert code == 552, reply
     # Workers write their counts at most a second late: poll.
     samples = wait_until(
         lambda: (s := scrape(server.metrics_port))
@@ -74,6 +77,7 @@ def test_metrics_endpoint_counts_what_was_sent_and_survives_a_killed_worker(mta)
     assert value(samples, "fastmta_recipients_accepted_total") == 8
     assert value(samples, "fastmta_received_bytes_total") == 6 * len(body)
     assert value(samples, "fastmta_messages_rejected_total", reason="too_big") == 2
+    assert value(samples, "fastmta_messages_rejected_total", reason="mail_too_big") == 2
     assert value(samples, "fastmta_smtp_connections_total") == 2
     assert value(samples, "fastmta_spool_messages", queue="incoming") == 6
     assert value(samples, "fastmta_spool_messages", queue="tmp") == 0

@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "Helo",
     "MailFrom",
+    "MailRejected",
     "MessageAborted",
     "MessageComplete",
     "RcptRejected",
@@ -66,6 +67,15 @@ class RcptTo(Event):
 
     address: str
     params: dict[str, str | None]  # NOTIFY, ORCPT (RFC 3461)
+
+
+@dataclass(frozen=True, slots=True)
+class MailRejected(Event):
+    """A parsed MAIL was refused (declared SIZE over the limit, a parameter or address the
+    session cannot take): for the log and the rejection metrics."""
+
+    address: str
+    reply: Reply
 
 
 @dataclass(frozen=True, slots=True)

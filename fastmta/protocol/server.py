@@ -51,6 +51,7 @@ from fastmta.protocol.events import (
     Event,
     Helo,
     MailFrom,
+    MailRejected,
     MessageAborted,
     MessageComplete,
     RcptRejected,
@@ -503,13 +504,13 @@ class ServerConnection:
                 return self._send(exc.reply)
         smtputf8 = "SMTPUTF8" in params
         if not smtputf8 and not address.isascii():
-            return self._send(replies.NON_ASCII_ADDRESS)
+            return self._refuse_mail(address, replies.NON_ASCII_ADDRESS)
         if not self.settings.dsn_enabled and not DSN_PARAMETERS.isdisjoint(params):
-            return self._send(replies.UNKNOWN_PARAMETER)
+            return self._refuse_mail(address, replies.UNKNOWN_PARAMETER)
         size = params.get("SIZE")
         declared = int(size) if size is not None else None
         if declared is not None and declared > self.settings.max_message_size:
-            return self._send(self.settings.too_big)  # RFC 1870 6.1
+            return self._refuse_mail(address, self.settings.too_big)  # RFC 1870 6.1
         body = params.get("BODY") or "7BIT"
         session = self.session
         self.transaction = Transaction(address, params, session.helo or "", session.extended,
@@ -518,6 +519,10 @@ class ServerConnection:
         self._state = State.MAIL
         self._send(replies.SENDER_OK)
         self._events.append(MailFrom(address, params))
+
+    def _refuse_mail(self, address: str, reply: Reply) -> None:
+        self._events.append(MailRejected(address, reply))
+        self._send(reply)
 
     def _rcpt(self, arg: bytes) -> None:
         simple = _simple_rcpt(arg)

@@ -31,6 +31,7 @@ from fastmta.protocol.events import (
     Close,
     DataChunk,
     DataStart,
+    MailRejected,
     MessageAborted,
     MessageComplete,
     RcptRejected,
@@ -218,6 +219,11 @@ class SMTPSession(asyncio.Protocol):
                 metrics.message_rejected(metrics.rejection_reason(event.reply.enhanced))
                 log.info("%s: rejected from=<%s> reason=%s", self.who,
                          self.transaction.sender if self.transaction else "",
+                         event.reply.to_bytes(self.service.hostname).decode().rstrip())
+            elif kind is MailRejected:
+                self.rejected += 1
+                metrics.message_rejected("mail_" + metrics.rejection_reason(event.reply.enhanced))
+                log.info("%s: sender refused from=<%s> reason=%s", self.who, event.address,
                          event.reply.to_bytes(self.service.hostname).decode().rstrip())
             elif kind is RcptRejected:
                 metrics.message_rejected("rcpt_" + metrics.rejection_reason(event.reply.enhanced))

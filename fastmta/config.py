@@ -270,7 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_cert", parse_optional_path, None, "PEM certificate chain for STARTTLS", "FILE"),
     Setting("tls_key", parse_optional_path, None, "PEM private key for STARTTLS", "FILE"),
     # processes
-    Setting("workers", parse_int(0), os.cpu_count() or 1, "receive worker processes (0: serve in the master, for debugging)", "N"),
+    Setting("workers", parse_int(0), len(os.sched_getaffinity(0)) or 1, "receive worker processes (0: serve in the master, for debugging)", "N"),
     Setting("delivery_workers", parse_int(0), 1, "delivery worker processes", "N"),
     Setting("drain_timeout", parse_duration, 30.0, "seconds open sessions may finish after SIGTERM", "SECONDS"),
     Setting("user", parse_optional_str, None, "drop privileges to this user after binding", "USER"),
@@ -289,7 +289,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dns_timeout", parse_duration, 10.0, "seconds for one DNS query", "SECONDS"),
     Setting("outbound_port", parse_int(1), 25, "TCP port of remote SMTP servers", "PORT"),
     Setting("outbound_tls", parse_choice("opportunistic", "none"), "opportunistic", "use STARTTLS outbound when offered", "opportunistic|none"),
-    Setting("destination_concurrency", parse_int(1), 20, "parallel connections per destination", "N"),
+    Setting("destination_concurrency", parse_int(1), 20, "parallel connections per destination, in each delivery worker", "N"),
     Setting("connect_timeout", parse_duration, 30.0, "seconds to wait for an outbound TCP connection", "SECONDS"),
     # retries and bounces
     Setting("retry_min_backoff", parse_duration, 300.0, "shortest wait before retrying a deferred message", "SECONDS"),

@@ -17,11 +17,12 @@ from helpers.loadgen_sink import LoadgenSink, unstuff
 
 from fastmta.cli import main
 from fastmta.loadgen.body import build_content, build_headers, wire_data
-from fastmta.loadgen.stats import LatencyHistogram
+from fastmta.loadgen.runner import LoadSpec
+from fastmta.loadgen.stats import CPU_BOUND_SHARE, LatencyHistogram, Report, WorkerResult
 
 REPO = Path(__file__).resolve().parent.parent
 JSON_FIELDS = {
-    "target", "connections", "messages", "size", "per_connection", "recipients", "pipelining",
+    "target", "connections", "connections_used", "messages", "size", "per_connection", "recipients", "pipelining",
     "starttls", "processes", "duration", "messages_attempted", "messages_accepted",
     "messages_failed", "all_accepted", "stopped_by", "elapsed_s", "messages_per_s", "mb_per_s",
     "latency_ms", "connections_opened", "sessions_pipelined", "connect_errors",
@@ -253,6 +254,140 @@ def test_progress_lines_when_asked_for():
     lines = finished.stderr.splitlines()
     assert lines and all("msgs" in line and "msg/s" in line and "errors 0" in line
                          for line in lines)
+
+
+def test_progress_of_several_processes_counts_every_process():
+    with LoadgenSink() as sink:
+        finished = loadgen_process(sink.port, "-P", "2", "-c", "4", "-m", "400", "-k", "20",
+                                   "--progress", "--json")
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads(finished.stdout)["messages_accepted"] == 400 == sink.counters.accepted
+    done = [int(line.split()[2].split("/")[0]) for line in finished.stderr.splitlines()]
+    assert done == sorted(done)
+    # Each process sends 200: a last line short of 400 would have left one out.
+    assert done[-1] == 400
+    assert "400/400 msgs" in finished.stderr.splitlines()[-1]
+
+
+def test_too_few_messages_for_the_connections_warns_and_reports_what_runs(capsys, sink):
+    status, out, err = loadgen(capsys, sink.port, "-c", "20", "-m", "60", "-k", "10")
+    assert status == 0
+    assert sink.counters.connections == 6
+    assert err.splitlines()[0] == ("fastmta loadgen: only 6 of 20 connections will be used: "
+                                   "raise --messages or lower --per-connection")
+    assert "6 connections (of 20 asked for) x 10 msg each" in out
+    _, report = loadgen_json(capsys, sink.port, "-c", "20", "-m", "60", "-k", "10")
+    assert report["connections"] == 20 and report["connections_used"] == 6
+
+
+def test_fewer_messages_than_connections_says_to_lower_connections(capsys, sink):
+    status, out, err = loadgen(capsys, sink.port, "-c", "5", "-m", "3")
+    assert status == 0
+    assert "only 3 of 5 connections will be used: raise --messages or lower --connections" in err
+    assert "3 connections (of 5 asked for) x 1 msg each" in out
+
+
+def test_enough_messages_for_every_connection_gives_no_warning(capsys, sink):
+    status, out, err = loadgen(capsys, sink.port, "-c", "4", "-m", "13", "-k", "4")
+    assert status == 0
+    assert err == ""
+    assert "4 connections x 4 msg each" in out
+
+
+def test_duration_without_messages_uses_every_connection(capsys, sink):
+    # The slots reconnect until the time is up: each opens one connection here and
+    # keeps it for the whole run, so all four were open at once.
+    status, out, err = loadgen(capsys, sink.port, "--json", "-c", "4", "-k", "1000000",
+                               "--duration", "0.5")
+    assert status == 0
+    assert err == ""
+    assert json.loads(out)["connections_used"] == 4 == sink.counters.connections
+
+
+def test_duration_with_too_few_messages_still_warns(capsys, sink):
+    # Messages and a duration: the budget of messages still ends the slots.
+    status, out, err = loadgen(capsys, sink.port, "--json", "-c", "4", "-m", "2", "-k", "1",
+                               "--duration", "30")
+    assert status == 0
+    assert "only 2 of 4 connections will be used" in err
+    report = json.loads(out)
+    assert report["connections_used"] == 2 == sink.counters.connections
+    assert report["stopped_by"] == "messages"
+
+
+@pytest.mark.parametrize(("connections", "messages", "per_connection", "processes", "used"), [
+    (20, 6000, 1000, 1, 6),
+    (20, 6000, 300, 1, 20),
+    (20, 5, 1, 1, 5),
+    (3, 10, 4, 1, 3),
+    (4, 8, 3, 2, 4),  # 4 + 4 messages: ceil(4/3) = 2 connections in each process
+    (20, 6, 1000, 2, 2),  # 3 + 3 messages: one connection in each process
+    (4, 41, 3, 2, 4),
+])
+def test_connections_used_per_process(connections, messages, per_connection, processes, used):
+    spec = LoadSpec("127.0.0.1", 25, connections=connections, messages=messages,
+                    per_connection=per_connection, processes=processes)
+    assert spec.connections_used == used
+    assert (spec.unused_connections() is None) == (used == connections)
+    assert spec.settings()["connections_used"] == used
+
+
+def test_connections_used_without_messages_is_every_connection():
+    spec = LoadSpec("127.0.0.1", 25, connections=7, messages=None, per_connection=1000,
+                    processes=2, duration=5)
+    assert spec.connections_used == 7 and spec.unused_connections() is None
+
+
+def report_with(share: float, processes: int = 1, cores: int = 4,
+                connect_errors: dict[str, int] | None = None) -> Report:
+    """A report of a run that went well, but for the CPU share and connect errors given."""
+    spec = LoadSpec("127.0.0.1", 25, connections=processes, messages=100,
+                    processes=processes)
+    total = WorkerResult(attempted=100, accepted=100, connections=100, started=10.0,
+                         finished=12.0, cpu_seconds=2 * share * processes,
+                         connect_errors=connect_errors or {})
+    return Report(settings=spec.settings(), total=total, busiest_cpu_share=share,
+                  processes=processes, cores=cores)
+
+
+def test_cpu_bound_with_cores_to_spare_says_add_processes():
+    report = report_with(0.95, processes=1, cores=4)
+    assert report.cpu_bound
+    hint = report.hint()
+    assert hint is not None and hint.startswith("loadgen was CPU-bound; add --processes")
+    assert "at most 4" in hint
+    assert hint in report.render().splitlines()
+    assert report.to_dict()["hint"] == hint and report.to_dict()["cpu_bound"] is True
+
+
+@pytest.mark.parametrize(("processes", "cores"), [(2, 2), (4, 2), (1, 1)])
+def test_cpu_bound_on_every_core_says_use_another_machine(processes, cores):
+    hint = report_with(0.95, processes=processes, cores=cores).hint()
+    assert hint is not None
+    assert "--processes" not in hint
+    assert hint.startswith("loadgen was CPU-bound on every core it has; run it on another "
+                           "machine")
+
+
+@pytest.mark.parametrize("share", [0.3, CPU_BOUND_SHARE - 0.01])
+def test_not_cpu_bound_gives_no_hint(share):
+    report = report_with(share, processes=1, cores=4)
+    assert not report.cpu_bound and report.hint() is None
+    assert report.to_dict()["hint"] is None
+    assert "CPU-bound" not in report.render()
+
+
+def test_cpu_bound_starts_at_the_threshold():
+    assert report_with(CPU_BOUND_SHARE).cpu_bound
+
+
+@pytest.mark.parametrize("share", [0.3, 0.95])
+def test_ports_running_out_says_so_before_cpu(share):
+    report = report_with(share, connect_errors={"cannot assign requested address": 12})
+    hint = report.hint()
+    assert hint is not None and hint.startswith("the local ports ran out")
+    assert "(-k)" in hint
+    assert not report.all_accepted
 
 
 def test_body_has_dot_lines_and_long_lines_and_arrives_intact(capsys, sink):

@@ -2,8 +2,10 @@
 
 Output: a text report on stdout, or with `--json` one JSON object (for scripts such
 as bench/compare.py).  A live progress line goes to stderr when it is a terminal, or
-when `--progress` asks for it (then one line per update).  Exit status: 0 when every
-message got its 250 and nothing failed, 1 otherwise, 2 for bad arguments.
+when `--progress` asks for it (then one line per update); before the run, a warning
+goes there when too few messages leave some of the --connections nothing to send.
+Exit status: 0 when every message got its 250 and nothing failed, 1 otherwise, 2 for
+bad arguments.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
             duration=args.duration, sender=args.sender, to=args.to, helo=args.helo,
             timeout=args.timeout,
         )
+        unused = spec.unused_connections()
+        if unused:
+            print(f"fastmta loadgen: {unused}", file=sys.stderr)
         show_progress = sys.stderr.isatty() if args.progress is None else args.progress
         progress = ProgressLine(sys.stderr) if show_progress else None
         report = run_load(spec, progress)

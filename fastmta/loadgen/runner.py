@@ -92,14 +92,38 @@ class LoadSpec:
                 raise ValueError(f"{flag} must be plain ASCII without spaces or <>, got {text!r}")
 
     def settings(self) -> dict[str, Any]:
-        """The spec as reported in --json (the target as HOST:PORT)."""
+        """The spec as reported in --json (the target as HOST:PORT), with the number of
+        connections that will really run at once beside the number asked for."""
         shown = asdict(self)
         host = shown.pop("host")
-        shown = {"target": f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}",
-                 **shown}
         shown.pop("port")
         shown.pop("seed")
-        return shown
+        return {"target": f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}",
+                "connections": shown.pop("connections"),
+                "connections_used": self.connections_used, **shown}
+
+    @property
+    def connections_used(self) -> int:
+        """Sessions that can run at once: a slot reserves `per_connection` messages before
+        it connects, so a process with n messages opens at most ceil(n/K) connections, and
+        its other slots end at once.  Without --messages the slots keep reconnecting until
+        --duration, so every one is used."""
+        used = 0
+        for part in self.split():
+            if part.messages is None:
+                return self.connections
+            connections_needed = (part.messages + self.per_connection - 1) // self.per_connection
+            used += min(part.connections, connections_needed)
+        return used
+
+    def unused_connections(self) -> str | None:
+        """What to change when fewer than --connections sessions will run at once."""
+        used = self.connections_used
+        if used >= self.connections:
+            return None
+        lower = "--per-connection" if self.per_connection > 1 else "--connections"
+        return (f"only {used} of {self.connections} connections will be used: "
+                f"raise --messages or lower {lower}")
 
     def split(self) -> list[LoadSpec]:
         """One spec per worker process: connections and messages shared out evenly."""

@@ -186,7 +186,8 @@ class Report:
         if not self.cpu_bound:
             return None
         if self.processes < self.cores:
-            return "loadgen was CPU-bound; add --processes (results understate the server)"
+            return (f"loadgen was CPU-bound; add --processes (at most {self.cores}, the "
+                    "cores here; results understate the server)")
         return (
             "loadgen was CPU-bound on every core it has; run it on another machine "
             "(results understate the server)"
@@ -237,8 +238,11 @@ class Report:
     def render(self) -> str:
         data = self.to_dict()
         total = self.total
+        connections = f"{data['connections_used']} connections"
+        if data["connections_used"] != data["connections"]:
+            connections += f" (of {data['connections']} asked for)"
         lines = [
-            (f"target {data['target']}: {data['connections']} connections x "
+            (f"target {data['target']}: {connections} x "
              f"{data['per_connection']} msg each, {data['size']}-octet messages, "
              f"{data['recipients']} rcpt, pipelining {'on' if data['pipelining'] else 'off'}"
              f"{', STARTTLS' if data['starttls'] else ''}, {self.processes} process(es)"),

@@ -100,6 +100,17 @@ def parse_str(value: Any) -> str:
     return value.strip()
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def parse_hostname(value: Any) -> str:
+    name = parse_str(value).rstrip(".")
+    if not _HOSTNAME.fullmatch(name):
+        raise ValueError(f"expected a host name such as mx.example.org (letters, digits, '-' "
+                         f"and '.'; it goes into the greeting, EHLO and Received), got {value!r}")
+    return name
+
+
 def parse_optional_str(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -243,13 +254,15 @@ class Setting:
 
 def _default_hostname() -> str:
     name = socket.getfqdn()
-    return name if name and name != "localhost.localdomain" else "localhost"
+    if not name or name == "localhost.localdomain" or not _HOSTNAME.fullmatch(name):
+        return "localhost"  # set `hostname` to the name your MX record points at
+    return name
 
 
 SETTINGS: tuple[Setting, ...] = (
     # receiving
     Setting("listen", parse_listen, ("127.0.0.1:2525",), "address to accept SMTP on, HOST:PORT or [IPv6]:PORT (repeatable)", "HOST:PORT", True),
-    Setting("hostname", parse_str, None, "our name in the greeting, EHLO and Received (default: this host's FQDN)", "NAME"),
+    Setting("hostname", parse_hostname, None, "our name in the greeting, EHLO and Received (default: this host's FQDN)", "NAME"),
     Setting("spool", parse_path, Path("fastmta-spool"), "spool directory (queue files and, by default, Maildirs)", "DIR"),
     Setting("spool_sync", parse_choice("fsync", "syncfs"), "fsync", "how a message is made durable before its 250: fsync each file, or one syncfs(2) per batch (only for a spool on a file system of its own)", "fsync|syncfs"),
     Setting("spool_commit_threads", parse_int(1), 1, "threads per receive worker that flush new messages to disk; 2 overlaps the flushes of consecutive batches", "N"),
@@ -264,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bare_line_endings", parse_choice("reject", "normalise"), "reject", "bare CR/LF in commands and data: reject or normalise", "reject|normalise"),
     Setting("vrfy", parse_bool, False, "answer VRFY for local addresses (default: 252, no disclosure)", "BOOL"),
     Setting("expn", parse_bool, False, "answer EXPN for local aliases (default: 502)", "BOOL"),
-    Setting("greeting_delay", parse_duration, 0.0, "seconds to wait before the 220; a client that talks first gets 554 (0: off)", "SECONDS"),
+    Setting("greeting_delay", parse_duration, 1.0, "seconds to wait before the 220 to a client outside relay_networks; one that talks first gets 554 and is disconnected (0: off)", "SECONDS"),
     Setting("max_connections", parse_int(1), 2000, "open SMTP sessions per receive worker; more are refused with 421 4.7.0", "N"),
     Setting("max_connections_per_ip", parse_int(0), 50, "open sessions per client IP per worker, relay networks exempt (0: no limit)", "N"),
     Setting("tls_cert", parse_optional_path, None, "PEM certificate chain for STARTTLS", "FILE"),

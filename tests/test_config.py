@@ -89,15 +89,24 @@ def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
     assert parse_hostport(text) == expected
 
 
-def test_cli_reports_a_bad_setting_on_one_line_with_status_2() -> None:
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--max-message-size", "huge"),
+    ("--hostname", "a b"),  # would break the greeting: refused before any worker starts
+    ("--hostname", "mx.example.org\r\n250 injected"),
+])
+def test_cli_reports_a_bad_setting_on_one_line_with_status_2(flag: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fastmta", "serve", "--max-message-size", "huge"],
+        [sys.executable, "-m", "fastmta", "serve", flag, value, "--check-config"],
         check=False, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "max_message_size" in lines[0]
+    assert flag[2:].replace("-", "_") in lines[0]
+
+
+def test_a_trailing_dot_of_the_hostname_is_dropped() -> None:
+    assert load_config(None, {"hostname": "mx.example.org."}).hostname == "mx.example.org"
 
 
 def test_cli_check_config_shows_flag_over_file(tmp_path: Path) -> None:

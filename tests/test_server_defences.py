@@ -235,7 +235,8 @@ def test_idle_timeout_mid_data_leaves_nothing_behind(receive_server) -> None:
 
 
 def test_talking_before_the_greeting_is_refused(receive_server) -> None:
-    server = receive_server(greeting_delay=0.5)
+    # The test client (127.0.0.1) must be outside relay_networks: those are greeted at once.
+    server = receive_server(greeting_delay=0.5, relay_networks="10.0.0.0/8")
     with server.raw() as raw:
         raw.send(b"EHLO spambot.example\r\n")
         reply = raw.reply()
@@ -244,3 +245,11 @@ def test_talking_before_the_greeting_is_refused(receive_server) -> None:
     with server.raw() as raw:  # a client that waits is greeted after the delay
         assert raw.reply().startswith(b"220 " + HOSTNAME.encode())
         assert raw.command(b"EHLO client.test").startswith(b"250-")
+
+
+def test_relay_network_clients_are_greeted_without_the_delay(receive_server) -> None:
+    server = receive_server(greeting_delay=30)  # 127.0.0.1 is in the default relay_networks
+    with server.raw() as raw:
+        raw.send(b"EHLO own-host.example\r\n")  # talks first: trusted, not refused
+        assert raw.reply().startswith(b"220 " + HOSTNAME.encode())
+        assert raw.reply().startswith(b"250-")

@@ -131,7 +131,8 @@ class SMTPSession(asyncio.Protocol):
             return
         self.conn = ServerConnection(service.settings, service.policy, self.peer)
         metrics.connection_opened()
-        if service.greeting_delay > 0:
+        if service.greeting_delay > 0 and not service.policy.is_relay_client(ip):
+            # A pregreet test (as Postfix's postscreen): spambots talk before the 220.
             self.greeting_handle = self.loop.call_later(service.greeting_delay, self._greet)
         else:
             self._greet()

@@ -272,6 +272,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message_size", parse_size, 10 * 1024 * 1024, "largest message accepted (SIZE), e.g. 10M", "BYTES"),
     Setting("max_recipients", parse_int(1), 1000, "most recipients per message", "N"),
     Setting("max_errors", parse_int(1), 20, "protocol errors before the session is closed with 421", "N"),
+    Setting("max_junk_commands", parse_int(1), 100, "NOOP/RSET/HELP/VRFY/EXPN per session (per message once one is accepted) before each also counts as an error", "N"),
     Setting("max_received_headers", parse_int(1), 50, "Received headers above which a message is refused as a loop", "N"),
     Setting("idle_timeout", parse_duration, 300.0, "seconds a client may stay silent (RFC 5321 4.5.3.2)", "SECONDS"),
     Setting("bare_line_endings", parse_choice("reject", "normalise"), "reject", "bare CR/LF in commands and data: reject or normalise", "reject|normalise"),
@@ -331,6 +332,7 @@ class Config:
     max_message_size: int
     max_recipients: int
     max_errors: int
+    max_junk_commands: int
     max_received_headers: int
     idle_timeout: float
     bare_line_endings: str

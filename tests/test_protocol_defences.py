@@ -132,6 +132,58 @@ def test_overlong_command_line_is_refused_and_the_session_goes_on() -> None:
         ["250 2.1.0", "250 2.1.5"]
 
 
+def padded(prefix: bytes, suffix: bytes, total: int) -> bytes:
+    """prefix, spaces, suffix and CRLF: a line of exactly `total` octets."""
+    line = prefix + b" " * (total - len(prefix) - len(suffix) - 2) + suffix + b"\r\n"
+    assert len(line) == total
+    return line
+
+
+def test_mail_and_rcpt_line_limits_follow_the_advertised_extensions() -> None:
+    # RFC 5321 4.5.3.1.4: 512; MAIL + SIZE 26, BODY 16, SMTPUTF8 10, DSN 100 = 664; RCPT + DSN 500
+    mail = b"MAIL FROM:<a@example.net>"
+    assert codes_after_ehlo(padded(mail, b"SIZE=100", 664), padded(mail, b"SIZE=100", 665)) == \
+        ["250 2.1.0", "500 5.5.2"]
+    garbage = b"MAIL FROM:<a@b.c> " + b"X" * 698 + b"\r\n"  # 718 octets: never parsed
+    assert len(garbage) == 718 and codes_after_ehlo(garbage) == ["500 5.5.2"]
+    orcpt = b"ORCPT=rfc822;" + b"b" * 480 + b"@example.com"
+    rcpt = b"RCPT TO:<alice@example.com>"
+    assert codes_after_ehlo(b"MAIL FROM:<a@example.net>\r\n", padded(rcpt, orcpt, 1012),
+                            padded(rcpt, orcpt, 1013), padded(rcpt, b"NOTIFY=NEVER", 5000)) == \
+        ["250 2.1.0", "250 2.1.5", "500 5.5.2", "500 5.5.2"]
+    assert codes_after_ehlo(padded(b"NOOP", b"x", 512), padded(b"NOOP", b"x", 513),
+                            padded(b"VRFY", b"alice", 600)) == ["250 2.0.0", "500 5.5.2", "500 5.5.2"]
+    # without DSN advertised, its allowances go too: MAIL 564, RCPT 512
+    no_dsn = settings(dsn_enabled=False)
+    assert codes_after_ehlo(padded(mail, b"SIZE=100", 564), padded(mail, b"SIZE=100", 565),
+                            padded(rcpt, b"", 512), padded(rcpt, b"", 513), settings=no_dsn) == \
+        ["250 2.1.0", "500 5.5.2", "250 2.1.5", "500 5.5.2"]
+
+
+def test_junk_commands_past_the_limit_count_as_errors() -> None:
+    # 100 free; then each of NOOP RSET HELP VRFY EXPN is an error too, its reply unchanged
+    driver = Driver(settings=settings(max_junk_commands=100, max_errors=20))
+    driver.play([EHLO, b"NOOP\r\n" * 100, b"RSET\r\nHELP\r\nVRFY a\r\n" + b"NOOP\r\n" * 10])
+    assert driver.codes()[2:] == ["250 2.0.0"] * 100 + ["250 2.0.0", "214 2.0.0", "252 2.0.0"] + \
+        ["250 2.0.0"] * 10
+    assert not driver.closed
+    driver.feed(b"EXPN staff\r\n" + b"NOOP\r\n" * 7)  # EXPN's 502: one error, not two
+    assert driver.codes()[-8:] == ["502 5.5.1"] + ["250 2.0.0"] * 6 + ["421 4.7.0"]
+    assert driver.closed and driver.conn.closed
+    assert isinstance(driver.events[-1], Close) and \
+        driver.events[-1].reason is CloseReason.TOO_MANY_ERRORS
+
+
+def test_junk_allowance_is_renewed_by_an_accepted_message() -> None:
+    message = ENVELOPE + b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+    driver = Driver(settings=settings(max_junk_commands=3, max_errors=2))
+    driver.play([EHLO, b"NOOP\r\n" * 3, message, b"RSET\r\n" * 3, message, b"NOOP\r\n" * 4])
+    assert driver.codes()[-5:] == ["250 2.0.0"] * 5 and not driver.closed
+    assert len(driver.messages) == 2
+    driver.feed(b"NOOP\r\n")  # the 5th since the last message: the second error
+    assert driver.codes()[-2:] == ["250 2.0.0", "421 4.7.0"] and driver.closed
+
+
 def test_bare_line_ends_and_nul_in_commands() -> None:
     assert codes_after_ehlo(b"NOOP\n", b"NOOP\rNOOP\r\n", b"NO\x00OP\r\n", b"NOOP\r\n") == \
         ["500 5.5.2", "500 5.5.2", "500 5.5.2", "250 2.0.0"]
@@ -290,3 +342,5 @@ def test_settings_are_validated() -> None:
         ServerSettings(hostname="mx", bare_line_endings="fix")
     with pytest.raises(ValueError, match="512"):
         ServerSettings(hostname="mx", max_command_line=100)
+    with pytest.raises(ValueError, match="max_junk_commands"):
+        ServerSettings(hostname="mx", max_junk_commands=0)

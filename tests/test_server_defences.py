@@ -9,6 +9,7 @@ CRLF only (RFC 5321 2.3.8, and the SMTP smuggling variants of bare LF), SIZE
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,36 @@ def test_command_line_limit_is_512_octets(receive_server) -> None:
         assert send_one_message(raw)
 
 
+def padded(prefix: bytes, suffix: bytes, total: int) -> bytes:
+    """prefix, spaces, suffix: a command line of exactly `total` octets with its CRLF."""
+    line = prefix + b" " * (total - len(prefix) - len(suffix) - 2) + suffix
+    assert len(line) + 2 == total
+    return line
+
+
+def test_mail_and_rcpt_lines_may_be_longer_by_their_parameters(receive_server) -> None:
+    # RFC 5321 4.5.3.1.4 plus what each advertised extension allows: MAIL 512 + 26 (SIZE)
+    # + 16 (BODY) + 10 (SMTPUTF8) + 100 (DSN) = 664 octets, RCPT 512 + 500 (DSN) = 1012.
+    server = receive_server()
+    with server.raw() as raw:
+        assert b"250-DSN\r\n" in raw.greet()
+        garbage = b"MAIL FROM:<a@b.c> " + b"X" * 698  # 718 octets: too long, never parsed
+        assert raw.command(garbage).startswith(b"500 5.5.2 Line too long")
+        mail = b"MAIL FROM:<sender@example.com>"
+        assert raw.command(padded(mail, b"SIZE=1000", 665)).startswith(b"500 5.5.2 ")
+        assert raw.command(padded(mail, b"SIZE=1000", 664)) == b"250 2.1.0 Sender ok\r\n"
+        rcpt = b"RCPT TO:<user@localhost>"
+        orcpt = b"NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;" + b"u" * 470 + b"@example.com"
+        assert raw.command(padded(rcpt, orcpt, 1013)).startswith(b"500 5.5.2 ")
+        assert raw.command(padded(rcpt, orcpt, 1012)) == b"250 2.1.5 Recipient ok\r\n"
+        raw.send(b"DATA\r\n")
+        assert raw.reply().startswith(b"354")
+        raw.send(message_bytes("long envelope") + b".\r\n")
+        queue_id = queue_id_of(raw.reply())
+    stored = server.read(queue_id)
+    assert stored.envelope.recipients[0].params["ORCPT"].endswith("u@example.com")
+
+
 def test_bare_lf_in_a_command_is_refused_and_the_session_goes_on(receive_server) -> None:
     server = receive_server()
     with server.raw() as raw:
@@ -101,6 +132,21 @@ def test_max_errors_is_configurable(receive_server) -> None:
         replies = raw.replies(5)
         assert [reply[:3] for reply in replies] == [b"500", b"250", b"500", b"503", b"421"]
         assert raw.expect_closed() == b""
+
+
+def test_junk_commands_past_100_count_as_errors(receive_server) -> None:
+    server = receive_server()  # max_errors 20
+    with server.raw() as raw:
+        raw.greet()
+        raw.send(b"NOOP\r\n" * 100)
+        assert raw.replies(100) == [b"250 2.0.0 Ok\r\n"] * 100
+        raw.send(b"NOOP\r\n" * 25)
+        replies = raw.replies(21)
+        assert replies[:20] == [b"250 2.0.0 Ok\r\n"] * 20  # each reply is the same ...
+        # ... but each of the 20 NOOPs past 100 was an error
+        assert replies[20] == f"421 4.7.0 {HOSTNAME} Too many errors; closing connection\r\n".encode()
+        assert raw.expect_closed() == b""
+    wait_until(lambda: server.session_count() == 0, what="the session to end")
 
 
 # --- DATA: bare line ends and smuggling ----------------------------------------------------
@@ -232,6 +278,36 @@ def test_idle_timeout_mid_data_leaves_nothing_behind(receive_server) -> None:
         assert raw.reply().startswith(b"421 4.4.2 ")
         assert raw.expect_closed() == b""
     server.assert_no_leftovers()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_client_that_never_reads_does_not_keep_its_connection(receive_server, loop: str) -> None:
+    # Pipelined EHLOs bring back ten times their size; a client that never reads fills
+    # every buffer, the server stops reading, and the 421 of the idle timeout cannot be
+    # sent.  The socket must still go, or the client keeps a connection slot for ever.
+    server = receive_server(loop=loop, idle_timeout=1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect((server.host, server.port))
+        wait_until(lambda: server.session_count() == 1, what="the session to open")
+        sock.setblocking(False)
+        burst = b"EHLO client.test\r\n" * 4096
+        for _ in range(256):  # until the server stops reading (at most 18 MB)
+            try:
+                sock.send(burst)
+            except BlockingIOError:
+                break
+        wait_until(lambda: server.session_count() == 0, what="the server to drop the session")
+        sock.settimeout(10)
+        while True:  # what reached our buffer, then the reset
+            try:
+                if not sock.recv(65536):
+                    break
+            except ConnectionResetError:
+                break
+    finally:
+        sock.close()
 
 
 def test_talking_before_the_greeting_is_refused(receive_server) -> None:

@@ -90,8 +90,8 @@ TLS_ACTIVE = Reply(554, "5.5.1", "TLS is already active")
 
 # --- malformed input (RFC 5321 4.2.3, 4.5.3.1.4, 2.3.8) -----------------------------
 UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognised; see HELP")
-LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long: command lines are limited to 512 octets "
-                      "(RFC 5321 4.5.3.1.4)")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long: command lines are limited to 512 octets, "
+                      "more for MAIL and RCPT parameters (RFC 5321 4.5.3.1.4)")
 BARE_LINE_END_COMMAND = Reply(500, "5.5.2", "Bare CR or LF in command: end every line with CRLF "
                               "(RFC 5321 2.3.8)")
 NUL_IN_COMMAND = Reply(500, "5.5.2", "NUL character in command: send text commands only")

@@ -71,10 +71,23 @@ from fastmta.protocol.state import (
 
 __all__ = ["PARAMETER_LINE_ALLOWANCE", "RecipientPolicyLike", "ServerConnection", "ServerSettings"]
 
-# RFC 3461 4 (ORCPT, NOTIFY: +500 on RCPT; ENVID, RET: +100 on MAIL) and RFC 1870
-# (SIZE: +26) lengthen MAIL and RCPT lines past 512; other commands keep the limit.
-PARAMETER_LINE_ALLOWANCE = 512
-_LONG_LINE_VERBS = frozenset({b"MAIL", b"RCPT"})
+# RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF, and each
+# extension that adds parameters says by how much it lengthens MAIL and RCPT.  From
+# what we advertise in EHLO:
+#   MAIL  SIZE=n (RFC 1870 4)                      +26
+#         BODY=8BITMIME|BINARYMIME (RFC 6152, 3030) +16
+#         SMTPUTF8 (RFC 6531 3.4)                   +10
+#         RET=, ENVID= (RFC 3461 4, with DSN)       +100  -> 512 + 152 = 664
+#   RCPT  NOTIFY=, ORCPT= (RFC 3461 4, with DSN)   +500  -> 512 + 500 = 1012
+# Every other command keeps 512.  A longer line gets 500 5.5.2, whatever it holds.
+MAIL_LINE_ALLOWANCE = 26 + 16 + 10
+DSN_MAIL_LINE_ALLOWANCE = 100
+DSN_RCPT_LINE_ALLOWANCE = 500
+PARAMETER_LINE_ALLOWANCE = DSN_RCPT_LINE_ALLOWANCE  # the largest: the line splitter's margin
+# Commands that move no mail.  Past `max_junk_commands` of them (counted from the start of
+# the session or the last accepted message) each one also counts as an error, as with
+# Postfix's smtpd_junk_command_limit, so they cannot hold a connection slot forever.
+_JUNK_VERBS = frozenset({b"NOOP", b"RSET", b"HELP", b"VRFY", b"EXPN"})
 _MAX_PIECE = 64 * 1024
 
 # Fast paths for the forms of MAIL and RCPT nearly every client sends: an ASCII
@@ -148,14 +161,18 @@ class ServerSettings:
     vrfy_enabled: bool = False
     expn_enabled: bool = False
     dsn_enabled: bool = True  # advertise DSN and keep RET/ENVID/NOTIFY/ORCPT (RFC 3461)
+    max_junk_commands: int = 100  # NOOP/RSET/HELP/VRFY/EXPN before each counts as an error
     _ehlo: tuple[Reply, Reply] = field(init=False, repr=False, compare=False)
+    # the longest MAIL and RCPT lines, without CRLF (see MAIL_LINE_ALLOWANCE)
+    long_line_limits: dict[bytes, int] = field(init=False, repr=False, compare=False)
     too_big: Reply = field(init=False, repr=False, compare=False)  # 552 naming the limit
 
     def __post_init__(self) -> None:
         host = self.hostname
         if not host or not host.isascii() or not host.isprintable() or " " in host:
             raise ValueError(f"hostname must be a domain name without spaces, got {host!r}")
-        for name in ("max_message_size", "max_recipients", "max_errors", "max_received_headers"):
+        for name in ("max_message_size", "max_recipients", "max_errors", "max_received_headers",
+                     "max_junk_commands"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_command_line < 512:
@@ -173,6 +190,12 @@ class ServerSettings:
         with_tls = Reply(250, "", "\n".join(keywords + ["STARTTLS", "HELP"]))
         object.__setattr__(self, "_ehlo", (plain, with_tls))
         object.__setattr__(self, "too_big", replies.message_too_big(self.max_message_size))
+        dsn = self.dsn_enabled
+        base = self.max_command_line - 2
+        object.__setattr__(self, "long_line_limits", {
+            b"MAIL": base + MAIL_LINE_ALLOWANCE + (DSN_MAIL_LINE_ALLOWANCE if dsn else 0),
+            b"RCPT": base + (DSN_RCPT_LINE_ALLOWANCE if dsn else 0),
+        })
 
     def ehlo_reply(self, offer_tls: bool) -> Reply:
         """The multiline 250 to EHLO, listing our extensions (RFC 5321 4.1.1.1)."""
@@ -197,8 +220,10 @@ class ServerConnection:
         "_host",
         "_inbox",
         "_inbox_pos",
+        "_junk",
         "_line_limit",
         "_lines",
+        "_long_limits",
         "_normalise",
         "_out",
         "_reader",
@@ -227,6 +252,8 @@ class ServerConnection:
         self._binary = False  # the open transaction has BODY=BINARYMIME
         self._lines = LineSplitter(settings.max_command_line + PARAMETER_LINE_ALLOWANCE)
         self._line_limit = settings.max_command_line - 2  # without the CRLF
+        self._long_limits = settings.long_line_limits
+        self._junk = 0  # junk commands since the session began or a message was accepted
         self._inbox: deque[bytes] = deque()  # received, not yet given to a parser
         self._inbox_pos = 0  # bytes of _inbox[0] already given
         self._reader: DataReader | None = None
@@ -304,6 +331,7 @@ class ServerConnection:
             raise RuntimeError("accept_message() answers a MessageComplete event; none is pending")
         if not queue_id or not queue_id.isascii() or not queue_id.isprintable() or " " in queue_id:
             raise ValueError(f"queue id must be printable ASCII without spaces, got {queue_id!r}")
+        self._junk = 0  # a client that delivers mail earns a new allowance, as in Postfix
         return self._answer_message(replies.queued_wire(queue_id))
 
     def reject_message(self, reply: Reply) -> list[Event]:
@@ -414,9 +442,13 @@ class ServerConnection:
         """Queue a reply to the client's command; 4xx/5xx count toward max_errors."""
         self._out.append(reply.to_bytes(self._host))
         if reply.code >= 400 and reply is not replies.TOO_MANY_RECIPIENTS:
-            self._errors += 1
-            if self._errors >= self.settings.max_errors and self._state is not State.CLOSED:
-                self._close(replies.TOO_MANY_ERRORS, CloseReason.TOO_MANY_ERRORS)
+            self._count_error()
+
+    def _count_error(self) -> None:
+        """One more error; at max_errors the session closes with 421 after the replies so far."""
+        self._errors += 1
+        if self._errors >= self.settings.max_errors and self._state is not State.CLOSED:
+            self._close(replies.TOO_MANY_ERRORS, CloseReason.TOO_MANY_ERRORS)
 
     def _close(self, reply: Reply, reason: CloseReason) -> None:
         self._abort_open_message(reply)
@@ -460,13 +492,20 @@ class ServerConnection:
         handler = _HANDLERS.get(verb)
         if handler is None:
             return self._send(replies.UNKNOWN_COMMAND)
-        if len(line) > self._line_limit and verb not in _LONG_LINE_VERBS:
+        if len(line) > self._line_limit and len(line) > self._long_limits.get(verb, 0):
             return self._send(replies.LINE_TOO_LONG)
         if verb != b"BDAT":  # BDAT must learn its size first, to skip a refused chunk
             refusal = sequence_refusal(self._state, verb, self._binary)
             if refusal is not None:
                 return self._send(refusal)
-        handler(self, arg)
+        if verb not in _JUNK_VERBS:
+            return handler(self, arg)
+        errors = self._errors
+        handler(self, arg)  # its reply is the same past the limit
+        self._junk += 1
+        if self._junk > self.settings.max_junk_commands and self._errors == errors \
+                and self._state is not State.CLOSED:
+            self._count_error()  # one error per junk command, even if its reply was not one
 
     def _hello(self, arg: bytes, extended: bool) -> None:
         name = arg.strip(b" \t")

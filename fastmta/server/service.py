@@ -37,6 +37,7 @@ def server_settings(config: Config) -> ServerSettings:
         max_message_size=config.max_message_size,
         max_recipients=config.max_recipients,
         max_errors=config.max_errors,
+        max_junk_commands=config.max_junk_commands,
         max_received_headers=config.max_received_headers,
         bare_line_endings=config.bare_line_endings,
         tls_available=config.tls_cert is not None,

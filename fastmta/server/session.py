@@ -13,6 +13,8 @@ Invariants:
   `MAX_PENDING_INPUT` unprocessed bytes or while the client does not read our
   replies; message content goes to the spool writer, which spills to disk.
 - Errors inside a session close that session only; they never reach the loop.
+- A closed session gives its socket back even if the client never reads: what cannot
+  be sent within `CLOSE_GRACE` is dropped with a reset.
 - A client that half-closes while a commit is pending still gets the 250 and the
   replies to what it pipelined behind it; then the session closes (plain TCP only).
 """
@@ -50,6 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastmta.smtpd")
 
 MAX_PENDING_INPUT = 256 * 1024  # unprocessed input held while a commit or TLS is pending
+# Once the session is closed, how long a client that does not read gets to take the
+# replies still buffered (the last one a 421 or 554) before the socket is reset.  At
+# most idle_timeout: it is not given longer to read than it was to talk.
+CLOSE_GRACE = 10.0
 
 _date_cache: tuple[int, str] = (0, "")
 
@@ -417,8 +423,18 @@ class SMTPSession(asyncio.Protocol):
         if not self.closing:
             self._flush()  # e.g. the 221 or 421 queued with the Close event
             self.closing = True
-            if self.transport is not None:
-                self.transport.close()  # sends what was written, then closes
+            transport = self.transport
+            if transport is not None:
+                transport.close()  # sends what was written, then closes
+                if transport.get_write_buffer_size():
+                    # close() waits for the buffer to drain: a client that never reads
+                    # would keep the socket, and its connection slots, for ever.  The idle
+                    # timer is done with; its slot holds the deadline (connection_lost
+                    # cancels it).
+                    if self.idle_handle is not None:
+                        self.idle_handle.cancel()
+                    self.idle_handle = self.loop.call_later(
+                        min(CLOSE_GRACE, self.service.idle_timeout), transport.abort)
 
     # --- logging helpers ----------------------------------------------------------------
 

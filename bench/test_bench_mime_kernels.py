@@ -1,4 +1,5 @@
-"""Throughput of the MIME kernels: base64 and quoted-printable, both backends and the stdlib.
+"""Throughput of the MIME kernels: base64, quoted-printable and RFC 2047 words, both
+backends and the stdlib.
 
 Inputs: a 1 MiB text mail body (UTF-8 prose in several languages, wrapped lines,
 some long lines, trailing spaces) and a 1 MiB binary attachment (random bytes).
@@ -6,7 +7,8 @@ Encoders read the 1 MiB; decoders read its encoding (76-column lines with CRLF)
 and give the 1 MiB back.  `extra_info["MB/s"]` is megabytes (10**6 octets) of
 *unencoded* data per second in the fastest round, so encode and decode numbers
 compare directly.  The stdlib rows do the same job its fastest way, line
-wrapping included.  Results: bench/README.md.
+wrapping included.  RFC 2047 runs over a batch of Subject values instead (see
+its section).  Results: bench/README.md.
 
     .venv/bin/python -m pytest bench/test_bench_mime_kernels.py --benchmark-enable \\
         --benchmark-columns=min,mean,rounds --benchmark-sort=name
@@ -20,6 +22,7 @@ import base64
 import binascii
 import random
 from collections.abc import Sequence
+from email.header import Header, decode_header, make_header
 
 import pytest
 
@@ -177,3 +180,87 @@ def test_qp_decode_stdlib_a2b_qp(benchmark, body):
     encoded = kernels.qp_encode(QP_BODIES[body], QP_BINARY[body])
     assert benchmark(binascii.a2b_qp, encoded) == QP_BODIES[body]
     record(benchmark, len(QP_BODIES[body]))
+
+
+# ---------------------------------------------------------------- RFC 2047 encoded words
+def subjects(count: int = 2000, seed: int = 34) -> list[str]:
+    """Subject texts as mail carries them: a "Re: " now and then, 3 to 14 words, two in
+    three from the Western vocabulary (mostly ASCII: Q wins), one in three Cyrillic or
+    Japanese (B wins); 64 octets of UTF-8 on average, and about 60% of them need more
+    than one encoded word."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        vocabulary = _DENSE if rng.random() < 1 / 3 else _WESTERN
+        text = " ".join(rng.choices(vocabulary, k=rng.randint(3, 14)))
+        out.append(("Re: " if rng.random() < 0.3 else "") + text)
+    return out
+
+
+SUBJECTS = subjects()
+SUBJECT_OCTETS = sum(len(text.encode()) for text in SUBJECTS)  # MB/s counts decoded UTF-8
+HEADER_NAME = "Subject"
+OFFSET = len(HEADER_NAME) + 2  # "Subject: " is already on the first line
+
+
+def record_subjects(benchmark) -> None:
+    record(benchmark, SUBJECT_OCTETS)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:
+        benchmark.extra_info["headers/s"] = round(len(SUBJECTS) / stats.stats.min)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_rfc2047_encode(benchmark, backend_name):
+    benchmark.group = "rfc2047 encode subjects"
+    encode = kernels.load_backend(backend_name).encode_words
+
+    def run() -> list[str]:
+        return [encode(text, "utf-8", OFFSET) for text in SUBJECTS]
+
+    encoded = benchmark(run)
+    assert [str(make_header(decode_header(value))) for value in encoded] == SUBJECTS
+    record_subjects(benchmark)
+
+
+def test_rfc2047_encode_stdlib_header(benchmark):
+    """email.header.Header(text, "utf-8", header_name=...).encode(): the same job (words
+    of at most 75 characters, folded lines of at most 76), B for every value."""
+    benchmark.group = "rfc2047 encode subjects"
+
+    def run() -> list[str]:
+        return [
+            Header(text, "utf-8", header_name=HEADER_NAME).encode(linesep="\r\n")
+            for text in SUBJECTS
+        ]
+
+    encoded = benchmark(run)
+    assert [str(make_header(decode_header(value))) for value in encoded] == SUBJECTS
+    record_subjects(benchmark)
+
+
+ENCODED_SUBJECTS = [kernels.encode_words(text, "utf-8", OFFSET) for text in SUBJECTS]
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_rfc2047_decode(benchmark, backend_name):
+    benchmark.group = "rfc2047 decode subjects"
+    decode = kernels.load_backend(backend_name).decode_words
+
+    def run() -> list[str]:
+        return [decode(value).text for value in ENCODED_SUBJECTS]
+
+    assert benchmark(run) == SUBJECTS
+    record_subjects(benchmark)
+
+
+def test_rfc2047_decode_stdlib_make_header(benchmark):
+    """str(make_header(decode_header(value))): the stdlib's way to a str.  It reports no
+    problems and raises on an unknown charset, where decode_words keeps the word."""
+    benchmark.group = "rfc2047 decode subjects"
+
+    def run() -> list[str]:
+        return [str(make_header(decode_header(value))) for value in ENCODED_SUBJECTS]
+
+    assert benchmark(run) == SUBJECTS
+    record_subjects(benchmark)

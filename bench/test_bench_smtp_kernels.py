@@ -141,6 +141,28 @@ def test_line_splitter(benchmark, backend_name, chunk_size):
     record(benchmark, len(COMMANDS), f"LineSplitter commands chunk={chunk_size}")
 
 
+@pytest.mark.parametrize("chunk_size", CHUNK_SIZES)
+def test_line_split_stdlib_bytes_split(benchmark, chunk_size):
+    """The standard library's fastest way to cut CRLF lines out of a stream, for reference.
+
+    It does less than LineSplitter: `bytes.split(b"\r\n")` on the kept tail plus each
+    feed, no flags (bare LF, bare CR, NUL), no line limit (an endless line is buffered
+    whole), and lines with no tuple around them."""
+    chunks = chunks_of(COMMANDS, chunk_size)
+
+    def run() -> int:
+        tail = b""
+        count = 0
+        for chunk in chunks:
+            *lines, tail = (tail + chunk).split(b"\r\n")
+            for _line in lines:
+                count += 1
+        return count
+
+    assert benchmark(run) == COMMANDS.count(b"\n")
+    record(benchmark, len(COMMANDS), f"stdlib bytes.split chunk={chunk_size}")
+
+
 def test_line_loop_floor(benchmark):
     """The caller's loop alone, over (line, flags) tuples built in advance: no
     next_line() can be faster than this, which bounds the compiled/pure ratio."""
@@ -209,3 +231,21 @@ def test_dot_stuff_stdlib_smtplib(benchmark, body):
 
     assert benchmark(run) == len(WIRE[body])
     record(benchmark, len(data), f"DotStuffer {body} chunk=65536")
+
+
+@pytest.mark.parametrize("body", sorted(BODIES))
+def test_data_read_stdlib_find_and_replace(benchmark, body):
+    """The standard library's fastest way to find the end of DATA and undo dot-stuffing,
+    for reference.
+
+    It does less than DataReader: the whole message at once (no streaming, so no end
+    marker split across feeds), `bytes.find` for CRLF.CRLF and one `bytes.replace` for
+    the leading dots; no octet count for SIZE, no report of long lines or bare LF/CR."""
+    wire = WIRE[body] + b"QUIT\r\n"
+
+    def run() -> bytes:
+        end = wire.find(b"\r\n.\r\n") + 2  # the body keeps its last CRLF
+        return (b"\r\n" + wire[:end]).replace(b"\r\n..", b"\r\n.")[2:]
+
+    assert benchmark(run) == BODIES[body]
+    record(benchmark, len(WIRE[body]), f"DataReader {body} chunk=65536")

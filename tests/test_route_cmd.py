@@ -1,4 +1,5 @@
-"""`fastmta route`: the next-hop walk an operator reads, its JSON form, exit codes, --probe.
+"""`fastmta route`: the next-hop walk an operator reads, its JSON form, exit codes, --probe,
+hints, refusal of what is not an address or a domain, and output shown as it is known.
 
 DNS answers come from the test DNS server on 127.0.0.1; probes go to SMTP sinks on
 127.0.0.x.  Some tests run `python -m fastmta route` as a process, the others call the
@@ -22,6 +23,15 @@ from fastmta import cli
 
 REPO = Path(__file__).resolve().parent.parent
 EX_TEMPFAIL = 75
+EX_USAGE = 64
+DNS_HINT = ("hint: the resolver is failing: check dns_nameservers / dns_timeout, or that the "
+            "resolver is reachable")
+
+
+def no_answer_hint(port: int) -> str:
+    return (f"hint: outbound port {port} is often blocked by hosting providers: send through "
+            'their smarthost with relay_host = "[smtp.provider.example]:587"; or the mail '
+            "exchanger is down: the mail stays queued and is retried")
 
 ZONE = {
     "example.test": {"MX": ["10 mx1.example.test", "20 mx2.example.test", "30 mx3.example.test"]},
@@ -121,14 +131,34 @@ def test_nxdomain_is_a_permanent_failure(zone: DNSServer, capsys) -> None:
     assert status == 1
     assert "Host gone.test not found: 3(NXDOMAIN)" in out
     assert "permanent: 5.1.2 domain gone.test does not exist (NXDOMAIN)" in out
+    assert out.rstrip().splitlines()[-1] == (
+        "hint: a typo in the address, or a domain that expired: ask the recipient for an "
+        "address that works")
 
 
 def test_dns_server_failure_is_transient(zone: DNSServer, capsys) -> None:
     zone.fail("example.test", "servfail")
     status, out = route(capsys, "example.test", *flags(zone))
     assert status == EX_TEMPFAIL
-    assert out.rstrip().splitlines()[-1].startswith("transient: 4.4.3 DNS lookup of MX for "
-                                                    "example.test failed")
+    verdict, hint = out.rstrip().splitlines()[-2:]
+    assert verdict.startswith("transient: 4.4.3 DNS lookup of MX for example.test failed")
+    assert hint == DNS_HINT
+    assert (f"Lookup of example.test MX failed (servfail): {zone.nameserver} answered "
+            "SERVFAIL") in out  # the first server's error, not dnspython's list of them all
+
+
+def test_dns_timeout_names_the_first_server_once_per_line(zone: DNSServer, capsys) -> None:
+    zone.fail("example.test", "timeout")
+    status, out = route(capsys, "example.test", *flags(zone), "--dns-timeout", "0.6")
+    assert status == EX_TEMPFAIL
+    lines = out.rstrip().splitlines()
+    [query] = [line for line in lines if line.startswith("Lookup of example.test MX failed")]
+    assert query.startswith("Lookup of example.test MX failed (timeout): no answer within ")
+    assert f"; {zone.nameserver} timed out (first of " in query  # how many: dnspython's call
+    assert all(line.count(zone.nameserver) <= 1 for line in lines)  # not every try of it
+    assert "The DNS operation timed out" not in out and "lifetime" not in out
+    assert lines[-2].startswith("transient: 4.4.3 DNS lookup of MX for example.test failed")
+    assert lines[-1] == DNS_HINT
 
 
 def test_relay_host_applies_without_any_dns_lookup(zone: DNSServer, capsys) -> None:
@@ -250,6 +280,60 @@ def test_probe_finding_nobody_answering_is_transient(zone: DNSServer, capsys) ->
     assert status == EX_TEMPFAIL and report["verdict"] == "transient"
     assert [p["ok"] for p in report["probes"]] == [False]
     assert "Connection refused" in report["probes"][0]["error"]
+    assert report["hint"] == no_answer_hint(port).removeprefix("hint: ")
+    assert report["probes"][0]["hint"] is None  # refused, not silent: no firewall ate it
+
+
+def test_a_host_that_never_greets_times_out_with_a_hint(zone: DNSServer, capsys) -> None:
+    with SMTPSink("127.0.0.7", silent=True) as sink:
+        status, out = route(capsys, "nomx.test", "--probe", *flags(zone, port=sink.port),
+                            "--connect-timeout", "1")
+    assert status == EX_TEMPFAIL
+    block = out.split("probe 1: ", 1)[1]
+    assert ("  => accepts mail: no: no reply to greeting within 1 s\n"
+            f"  {no_answer_hint(sink.port)}\n") in block
+    assert out.rstrip().splitlines()[-2:] == [
+        "transient: no candidate answers now; the mail would wait in the queue and be retried",
+        no_answer_hint(sink.port)]
+
+
+def test_text_is_shown_before_a_probe_that_hangs_ends(zone: DNSServer) -> None:
+    """The probed host accepts the connection and never greets, and the connect timeout is
+    long: the process cannot end before this test closes that connection, so whatever it
+    read by then was printed while the probe still waited."""
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.7", 0))
+        mute.listen()
+        mute.settimeout(30)
+        port = mute.getsockname()[1]
+        command = [sys.executable, "-m", "fastmta", "route", "nomx.test", "--probe",
+                   *flags(zone, port=port), "--connect-timeout", "60"]
+        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as process:
+            assert process.stdout is not None
+            try:
+                shown = []
+                while not shown or not shown[-1].startswith("probing "):
+                    line = process.stdout.readline()
+                    assert line, f"ended early: {shown}"
+                    shown.append(line)
+                assert process.poll() is None
+                connection, _ = mute.accept()  # the probe's; the host hangs up: it ends now
+                connection.close()
+                rest, err = process.communicate(timeout=60)
+            finally:
+                process.kill()
+    assert process.returncode == EX_TEMPFAIL, err
+    assert shown[0] == "nomx.test: no local domain, transport map entry or relay_host applies: " \
+                       "MX lookup\n"
+    assert "nomx.test has no MX record\n" in shown
+    assert f"=> try 1: nomx.test 127.0.0.7:{port}, MX preference 0\n" in shown
+    assert shown[-1] == ("probing 1 address at once (EHLO and QUIT only; each step waits up to "
+                         "connect_timeout, 60 s)\n")
+    assert rest.startswith(f"probe 1: nomx.test[127.0.0.7]:{port}\n")
+    assert "  => accepts mail: no: connection lost\n" in rest
+    assert ("\ntransient: no candidate answers now; the mail would wait in the queue and be "
+            "retried\n") in rest
 
 
 def test_probe_of_a_refusing_greeting(zone: DNSServer, capsys) -> None:
@@ -260,6 +344,38 @@ def test_probe_of_a_refusing_greeting(zone: DNSServer, capsys) -> None:
     assert "  554 5.7.1 no service for you\n" in out
     assert "=> accepts mail: no: the server refused the session in its greeting" in out
     assert sink.sessions[0].commands == ["QUIT"]
+
+
+@pytest.mark.parametrize(("target", "problem"), [
+    ("", "no address or domain given"),
+    ("user@", "'user@' is not an address: nothing after the @ (the domain is missing)"),
+    ("a b@example.test", "'a b@example.test' is not an address: it contains a space"),
+    ("@example.test",
+     "'@example.test' is not an address: nothing before the @ (the user part is missing)"),
+])
+def test_what_is_not_an_address_or_a_domain_is_a_usage_error(
+        zone: DNSServer, capsys, target: str, problem: str) -> None:
+    status = cli.main(["route", target, *flags(zone)])
+    out, err = capsys.readouterr()
+    assert status == EX_USAGE and out == ""
+    assert err.startswith(f"fastmta route: {problem}")
+    assert err.endswith("; give user@domain or a domain\n") and err.count("\n") == 1
+    assert zone.queries == []
+
+
+def test_a_quoted_user_part_may_hold_a_space(zone: DNSServer, capsys) -> None:
+    status, out = route(capsys, '"a b"@example.test', *flags(zone))
+    assert status == 0
+    assert out.startswith('"a b"@example.test: routed by its domain, example.test\n')
+
+
+def test_help_lists_every_exit_status(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["route", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("Exit status: 0 routable, 1 permanent failure (the mail would bounce), 75 transient "
+            "failure (it would wait in the queue), 2 bad configuration, 64 not an address or a "
+            "domain.") in text
 
 
 def test_bad_configuration_exits_2_with_the_setting_named(capsys) -> None:

@@ -15,6 +15,7 @@ import pwd
 import socket
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,7 +169,47 @@ def test_verbose_null_mx_bounces_with_no_host(config: Path, mx2: SMTPSink) -> No
     status, out, _ = sendmail(config, "-v", "someone@null.test", message=b"\nhi\n")
     assert status == os.EX_NOHOST
     assert "someone@null.test... bounced: 5.1.10 domain null.test accepts no mail" in out
+    assert out.endswith("\n  hint: the domain says it takes no mail at all: ask the recipient "
+                        "for an address that works\n")
     assert mx2.connections == 0
+
+
+def test_verbose_nxdomain_bounce_says_what_to_do(config: Path, mx2: SMTPSink) -> None:
+    status, out, _ = sendmail(config, "-v", "someone@gone.test", message=b"\nhi\n")
+    assert status == os.EX_NOHOST
+    assert out.endswith(
+        "someone@gone.test... bounced: 5.1.2 domain gone.test does not exist (NXDOMAIN)\n"
+        "  hint: a typo in the address, or a domain that expired: ask the recipient for an "
+        "address that works\n")
+    assert mx2.connections == 0
+
+
+def test_verbose_shows_and_delivers_a_domain_while_others_are_looked_up(
+        config: Path, zone: DNSServer, mx2: SMTPSink) -> None:
+    """late.test's DNS answers only once bob@example.test's next hop is on the screen.  So
+    example.test must be shown while late.test is still being looked up (dnspython asks
+    again within dns_timeout, and then gets the answer); were every domain routed before
+    anything is shown, late.test's lookup would time out first, and ann would be deferred."""
+    zone.add("late.test", "A", "127.0.0.3")  # mx2's address: an implicit MX
+    zone.fail("late.test", "timeout")
+
+    class Screen(io.StringIO):
+        def write(self, text: str) -> int:
+            if text.startswith("bob@example.test... next hop:"):
+                zone.heal("late.test")
+            return super().write(text)
+
+    argv = ["sendmail", "-C", str(config), "-v", "bob@example.test", "ann@late.test"]
+    screen, err = Screen(), io.StringIO()
+    status = run_sendmail(cli.build_parser().parse_args(argv), io.BytesIO(b"\nhi\n"), screen,
+                          err)
+    out = screen.getvalue()
+    assert status == 0, out + err.getvalue()
+    ordered(out, "bob@example.test... next hop:", "\n>>> RCPT TO:<bob@example.test>\n",
+            "\n>>> .\n", "ann@late.test... next hop:", "late.test has address 127.0.0.3",
+            "\n>>> RCPT TO:<ann@late.test>\n", "bob@example.test... Sent",
+            "ann@late.test... Sent")
+    assert [m.recipients for m in mx2.messages] == [["bob@example.test"], ["ann@late.test"]]
 
 
 def test_verbose_deferral_without_a_local_server_is_never_silent(config: Path,
@@ -301,6 +342,20 @@ def test_a_recipient_the_server_refuses_is_reported_and_the_rest_queued(
                           "refused it: 550 5.1.1 ")
     [(recipients, _)] = queued(local_server, b"Subject: submit-2")
     assert recipients == ["bob@example.test"]
+
+
+def test_the_fastmta_sendmail_console_script_submits(
+        config_with_server: Path, local_server: ServerProcess, mx2: SMTPSink) -> None:
+    """The `fastmta-sendmail` command pip installs ([project.scripts]), run as itself."""
+    script = Path(sysconfig.get_path("scripts")) / "fastmta-sendmail"
+    assert script.is_file(), f"{script} is missing: reinstall the package (pip install -e .)"
+    done = subprocess.run([str(script), "-C", str(config_with_server), "-f", "me@client.test",
+                           "bob@example.test"], input=b"Subject: submit-3\n\nby script\n",
+                          cwd=REPO, capture_output=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [(recipients, data)] = queued(local_server, b"Subject: submit-3")
+    assert recipients == ["bob@example.test"] and b"\r\n\r\nby script\r\n" in data
+    assert mx2.connections == 0
 
 
 def test_no_server_means_tempfail_with_a_clear_message(config: Path) -> None:

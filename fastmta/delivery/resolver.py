@@ -490,9 +490,9 @@ async def _ask(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> 
         return DnsQuery(name, rdtype, Outcome.NXDOMAIN, cnames=_cname_pairs(chain),
                         ttl=chain.minimum_ttl if chain else 0)
     except dns.exception.Timeout as exc:
-        return DnsQuery(name, rdtype, Outcome.TIMEOUT, detail=str(exc))
+        return DnsQuery(name, rdtype, Outcome.TIMEOUT, detail=_first_error(exc))
     except dns.resolver.NoNameservers as exc:
-        return DnsQuery(name, rdtype, Outcome.SERVFAIL, detail=str(exc))
+        return DnsQuery(name, rdtype, Outcome.SERVFAIL, detail=_first_error(exc))
     except (dns.exception.DNSException, OSError) as exc:
         return DnsQuery(name, rdtype, Outcome.ERROR, detail=f"{type(exc).__name__}: {exc}")
     chain = answer.chaining_result
@@ -503,6 +503,36 @@ async def _ask(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> 
     outcome = Outcome.ANSWER if records else Outcome.NODATA
     return DnsQuery(name, rdtype, outcome, records, _cname_pairs(chain), int(chain.minimum_ttl),
                     server)
+
+
+def _first_error(exc: dns.exception.DNSException) -> str:
+    """The first server's error, not dnspython's text, which repeats every try of every server
+    on one line: "no answer within 3.0 s; 127.0.0.1:53 timed out (first of 3 tries)",
+    "127.0.0.1:53 answered SERVFAIL (first of 2 tries)"."""
+    errors = exc.kwargs.get("errors") or []
+    if not errors:
+        return str(exc)
+    server, _tcp, _port, error, _response = errors[0]
+    if isinstance(error, str):  # an rcode
+        said = f"{_server_text(server)} answered {error}"
+    elif isinstance(error, dns.exception.Timeout):
+        said = f"{_server_text(server)} timed out"
+    else:
+        said = f"{_server_text(server)}: {error}"
+    tries = f" (first of {len(errors)} tries)" if len(errors) > 1 else ""
+    lifetime = exc.kwargs.get("timeout")
+    within = f"no answer within {lifetime:.1f} s; " if isinstance(lifetime, float) else ""
+    return f"{within}{said}{tries}"
+
+
+def _server_text(server: str | None) -> str:
+    """dnspython's "Do53:127.0.0.1@53" as "127.0.0.1:53" (and "[::1]:53"); others as given."""
+    if server is None:
+        return "the server"
+    host, at, port = server.removeprefix("Do53:").rpartition("@")
+    if not at:
+        return server
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _chain(response: dns.message.Message) -> dns.message.ChainingResult | None:

@@ -6,7 +6,7 @@ then HELO, a 554 greeting.  No STARTTLS (the probe shows whether it is offered) 
 MAIL command: nothing is ever sent to the peer but EHLO (or LHLO, or HELO) and QUIT.
 
 Each step waits at most `timeout` seconds; a probe never raises for a network problem,
-it reports it in `ProbeResult.error`.
+it reports it in `ProbeResult.error` (with `hint` saying what to do when it timed out).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from fastmta.protocol.client import (
     Ready,
     SessionFailed,
 )
+from fastmta.tools.hints import no_answer_hint
 from fastmta.tools.transcript import format_line
 
 __all__ = ["ProbeResult", "probe_all", "probe_candidate"]
@@ -44,6 +46,7 @@ class ProbeResult:
     esmtp: bool = False  # False: the peer refused EHLO and took HELO (RFC 821 server)
     extensions: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    timed_out: bool = False  # the error is a timeout: nothing answered, not even a refusal
     transcript: list[str] = field(default_factory=list)
 
     @property
@@ -59,18 +62,31 @@ class ProbeResult:
         offered = ", ".join(f"{k} {v}".strip() for k, v in self.extensions.items()) or "none"
         return f"yes: ESMTP, extensions: {offered}"
 
+    @property
+    def hint(self) -> str | None:
+        return no_answer_hint(self.port) if self.timed_out else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"hostname": self.hostname, "ip": self.ip, "port": self.port,
                 "preference": self.preference, "ok": self.ok, "greeting": self.greeting,
                 "esmtp": self.esmtp, "extensions": self.extensions, "error": self.error,
-                "transcript": self.transcript}
+                "hint": self.hint, "transcript": self.transcript}
 
 
 async def probe_all(candidates: tuple[Candidate, ...], *, hostname: str, lmtp: bool = False,
-                    timeout: float = 30.0) -> list[ProbeResult]:
-    """Probe every candidate at once; results in the candidates' order."""
-    return list(await asyncio.gather(*(probe_candidate(c, hostname=hostname, lmtp=lmtp,
-                                                       timeout=timeout) for c in candidates)))
+                    timeout: float = 30.0,
+                    on_done: Callable[[int, ProbeResult], None] | None = None) -> list[ProbeResult]:
+    """Probe every candidate at once; results in the candidates' order.  `on_done(index,
+    result)` is called as each probe ends, so a caller can show it without waiting for the
+    slowest one."""
+
+    async def probe(index: int, candidate: Candidate) -> ProbeResult:
+        result = await probe_candidate(candidate, hostname=hostname, lmtp=lmtp, timeout=timeout)
+        if on_done is not None:
+            on_done(index, result)
+        return result
+
+    return list(await asyncio.gather(*(probe(i, c) for i, c in enumerate(candidates))))
 
 
 async def probe_candidate(candidate: Candidate, *, hostname: str, lmtp: bool = False,
@@ -89,6 +105,7 @@ async def probe_candidate(candidate: Candidate, *, hostname: str, lmtp: bool = F
         why = (f"timed out after {timeout:g} s" if isinstance(exc, TimeoutError)
                else os.strerror(exc.errno) if exc.errno else str(exc))
         result.error = f"connect to {result.label}: {why}"
+        result.timed_out = isinstance(exc, TimeoutError)
         record(Direction.INFO, result.error)
         return result
     record(Direction.INFO, f"Connected to {result.label}.")
@@ -110,11 +127,12 @@ async def probe_candidate(candidate: Candidate, *, hostname: str, lmtp: bool = F
             if not any(isinstance(e, Closed) for e in ended):
                 await _next_event(conn, reader, writer, timeout)  # the reply to QUIT
     except TimeoutError:
-        if result.ok:
-            record(Direction.INFO, f"no reply to QUIT within {timeout:g} s; closed")
+        stage = conn.awaiting.value if conn.awaiting is not None else "the session"
+        if result.ok or result.error is not None:  # decided already; only QUIT went unanswered
+            record(Direction.INFO, f"no reply to {stage} within {timeout:g} s; closed")
         else:
-            stage = conn.awaiting.value if conn.awaiting is not None else "the session"
             result.error = f"no reply to {stage} within {timeout:g} s"
+            result.timed_out = True
             record(Direction.INFO, result.error)
     except OSError as exc:
         if not result.ok:

@@ -5,12 +5,15 @@ first `listen` address of the configuration, through the outbound client (SMTPPo
 A 250 after the data means the message is on disk in the server's queue (the server
 answers only after fsync), so the command exits 0 then and not before.
 
-Direct delivery (-v): route every recipient as a delivery worker would (Router), then
-deliver each group over SMTPPool with its transcript printed: the next hop and why (the
-DNS walk), each address tried, every command (">>> ") and reply, and one verdict per
-recipient.  Recipients not delivered now (deferred by the peer, unreachable, or local:
-local delivery is the server's job, with its aliases and Maildirs) are submitted to the
-local server for just those recipients, which queues and retries them.  When that fails
+Direct delivery (-v): route the recipients as a delivery worker would (Router), one group
+per recipient domain, and deliver each group over SMTPPool as soon as its route is known,
+with its transcript printed: the next hop and why (the DNS walk), each address tried, every
+command (">>> ") and reply, and one verdict per recipient (with a hint when the sender can
+do something about it, fastmta.tools.hints).  All domains are looked up at once but shown
+and delivered in the order given, so the first dialogue never waits for the slowest
+lookup.  Recipients not delivered now (deferred by the peer, unreachable, or local: local
+delivery is the server's job, with its aliases and Maildirs) are submitted to the local
+server for just those recipients, which queues and retries them.  When that fails
 too they are reported as not delivered and the exit status is EX_TEMPFAIL: a recipient
 is never dropped without a word.
 
@@ -21,16 +24,19 @@ such domain, null MX, no route) or EX_UNAVAILABLE (69, any other 5xx); else 0.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from fastmta.config import Config, parse_hostport
-from fastmta.delivery.routing import Router, Transport
+from fastmta.delivery.routing import Route, Router, Transport
 from fastmta.delivery.smtp import ClientSettings, DeliveryStatus, RecipientResult, SMTPPool
+from fastmta.protocol.address import split_mailbox
 from fastmta.protocol.client import Transcript
+from fastmta.tools.hints import failure_hint
 from fastmta.tools.message_prep import PreparedMessage, Recipient
 from fastmta.tools.options import own_addresses
 from fastmta.tools.transcript import printer
@@ -50,9 +56,14 @@ class Verdict:
     outcome: str  # sent, queued, discarded, bounced, deferred (deferred: not queued anywhere)
     text: str
     status: str = ""  # RFC 3463 code of a refusal
+    hint: str = ""  # what the sender can do about it, when there is something
 
     def line(self) -> str:
         return f"{self.recipient}... {self.text}"
+
+    def lines(self) -> list[str]:
+        """The verdict line, then its hint on a line of its own."""
+        return [self.line(), *([f"  hint: {self.hint}"] if self.hint else [])]
 
 
 def exit_status(verdicts: Sequence[Verdict]) -> int:
@@ -116,56 +127,85 @@ def submission_verdicts(results: Sequence[RecipientResult]) -> list[Verdict]:
     return verdicts
 
 
+@dataclass
+class _Outcomes:
+    """What -v has decided so far, recipient by recipient."""
+
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    leftover: dict[str, str] = field(default_factory=dict)  # why it goes to the local server
+    hints: dict[str, str] = field(default_factory=dict)  # what to do about a routing failure
+
+
 async def deliver_now(config: Config, message: PreparedMessage,
                       say: Callable[[str], None]) -> list[Verdict]:
     """-v: deliver directly, printing the dialogue; hand what is left to the local server."""
     by_address = {r.address: r for r in message.recipients}
     router = Router(config, own_addresses=own_addresses(config))
-    groups = await router.route_recipients(list(by_address))
-    verdicts: dict[str, Verdict] = {}
-    leftover: dict[str, str] = {}  # address -> why it goes to the local queue
+    by_domain: dict[str, list[Recipient]] = {}
+    for recipient in message.recipients:
+        domain = split_mailbox(recipient.address)[1].lower()
+        by_domain.setdefault(domain, []).append(recipient)
+    lookups = [asyncio.ensure_future(router.route(domain)) for domain in by_domain]
+    outcomes = _Outcomes()
     transcript = printer(say)
-    async with SMTPPool(ClientSettings.from_config(config), transcript=transcript) as pool:
-        for group in groups:
-            route = group.route
-            say(f"{', '.join(group.recipients)}... next hop:")
-            for line in route.describe():
-                say(f"  {line}")
-            if route.failure is not None:
-                for address in group.recipients:
-                    if route.failure.permanent:
-                        verdicts[address] = Verdict(address, "bounced", f"bounced: "
-                                                    f"{route.failure.status} {route.failure.text}",
-                                                    route.failure.status)
-                    else:
-                        leftover[address] = f"{route.failure.status} {route.failure.text}"
-                continue
-            if route.transport is Transport.LOCAL:
-                leftover.update(dict.fromkeys(group.recipients, "local delivery"))
-                continue
-            if route.transport is Transport.DISCARD:
-                for address in group.recipients:
-                    verdicts[address] = Verdict(address, "discarded", f"discarded: {route.why}")
-                continue
-            say(f"Connecting to {route.destination}...")
-            results = await pool.deliver(
-                route.candidates, message.sender, [by_address[a] for a in group.recipients],
-                message.content, destination=route.destination,
-                lmtp=route.transport is Transport.LMTP, mail_params=message.mail_params)
-            for result in results:
-                if result.status is DeliveryStatus.DELIVERED:
-                    verdicts[result.recipient] = Verdict(result.recipient, "sent",
-                                                         f"Sent ({_reply(result)})")
-                elif result.status is DeliveryStatus.PERMANENT:
-                    verdicts[result.recipient] = Verdict(result.recipient, "bounced",
-                                                         f"bounced: {result.describe()}",
-                                                         result.enhanced)
-                else:
-                    leftover[result.recipient] = result.describe()
-    if leftover:
-        verdicts.update(await _queue_leftover(config, message, by_address, leftover, say,
-                                              transcript))
-    return [verdicts[address] for address in by_address]
+    try:
+        async with SMTPPool(ClientSettings.from_config(config), transcript=transcript) as pool:
+            for group, lookup in zip(by_domain.values(), lookups):
+                await _deliver_group(pool, await lookup, group, message, say, outcomes)
+    finally:
+        for lookup in lookups:  # after an error, leave no lookup running
+            lookup.cancel()
+    verdicts = outcomes.verdicts
+    if outcomes.leftover:
+        verdicts.update(await _queue_leftover(config, message, by_address, outcomes.leftover,
+                                              say, transcript))
+    return [replace(verdicts[a], hint=outcomes.hints.get(a, verdicts[a].hint))
+            for a in by_address]
+
+
+async def _deliver_group(pool: SMTPPool, route: Route, group: list[Recipient],
+                         message: PreparedMessage, say: Callable[[str], None],
+                         outcomes: _Outcomes) -> None:
+    """Show the route of one domain's recipients, then deliver to them or say why not."""
+    addresses = [r.address for r in group]
+    say(f"{', '.join(addresses)}... next hop:")
+    for line in route.describe():
+        say(f"  {line}")
+    failure = route.failure
+    if failure is not None:
+        hint = failure_hint(failure)
+        for address in addresses:
+            if hint is not None:
+                outcomes.hints[address] = hint
+            if failure.permanent:
+                outcomes.verdicts[address] = Verdict(
+                    address, "bounced", f"bounced: {failure.status} {failure.text}",
+                    failure.status)
+            else:
+                outcomes.leftover[address] = f"{failure.status} {failure.text}"
+        return
+    if route.transport is Transport.LOCAL:
+        outcomes.leftover.update(dict.fromkeys(addresses, "local delivery"))
+        return
+    if route.transport is Transport.DISCARD:
+        for address in addresses:
+            outcomes.verdicts[address] = Verdict(address, "discarded", f"discarded: {route.why}")
+        return
+    say(f"Connecting to {route.destination}...")
+    results = await pool.deliver(route.candidates, message.sender, group, message.content,
+                                 destination=route.destination,
+                                 lmtp=route.transport is Transport.LMTP,
+                                 mail_params=message.mail_params)
+    for result in results:
+        if result.status is DeliveryStatus.DELIVERED:
+            outcomes.verdicts[result.recipient] = Verdict(result.recipient, "sent",
+                                                          f"Sent ({_reply(result)})")
+        elif result.status is DeliveryStatus.PERMANENT:
+            outcomes.verdicts[result.recipient] = Verdict(result.recipient, "bounced",
+                                                          f"bounced: {result.describe()}",
+                                                          result.enhanced)
+        else:
+            outcomes.leftover[result.recipient] = result.describe()
 
 
 async def _queue_leftover(config: Config, message: PreparedMessage,

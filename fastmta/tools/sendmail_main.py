@@ -71,7 +71,8 @@ def run_sendmail(args: argparse.Namespace, stdin: BinaryIO, stdout: TextIO,
 
             verdicts = asyncio.run(deliver_now(config, message, say))
             for verdict in verdicts:
-                say(verdict.line())
+                for line in verdict.lines():
+                    say(line)
         else:
             results = asyncio.run(submit(config, message, message.recipients))
             if server_unreachable(results):
@@ -100,7 +101,8 @@ def _unsupported(args: argparse.Namespace) -> str | None:
 def _report_problems(verdicts: list[Verdict], complain: Callable[[str], None]) -> None:
     for verdict in verdicts:
         if verdict.outcome != "queued":
-            complain(verdict.line())
+            for line in verdict.lines():
+                complain(line)
 
 
 def _login_name(uid: int) -> str:

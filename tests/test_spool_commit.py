@@ -15,23 +15,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers.spool_files import body_of
 
 from fastmta.spool import Envelope, MessageWriter, Recipient, Spool, SpoolError
-from fastmta.spool.fileformat import parse_file
 
 
 def envelope() -> Envelope:
     return Envelope(sender="alice@example.org", recipients=[Recipient("bob@example.com")],
                     client_address="192.0.2.7", helo="client.example.org")
-
-
-def body_of(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parsed = parse_file(fd)
-    finally:
-        os.close(fd)
-    return path.read_bytes()[parsed.body_offset:parsed.body_offset + parsed.body_length]
 
 
 def files(root: Path, queue: str) -> list[str]:

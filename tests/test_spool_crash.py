@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.spool_files import body_of
 
 from fastmta.spool import Envelope, Recipient, RecipientState, Spool
-from fastmta.spool.fileformat import parse_file
 
 FOREVER = 120.0
 
@@ -30,15 +30,6 @@ def envelope(*addresses: str) -> Envelope:
 
 def files(root: Path, queue: str) -> list[str]:
     return sorted(os.listdir(root / queue))
-
-
-def body_of(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parsed = parse_file(fd)
-    finally:
-        os.close(fd)
-    return path.read_bytes()[parsed.body_offset:parsed.body_offset + parsed.body_length]
 
 
 def kill_when_paused(target: Callable[..., None], *args: Any) -> list[tuple[str, str]]:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.spool_files import body_of
 
 from fastmta.spool import Envelope, Recipient, Spool, SpoolError
-from fastmta.spool.fileformat import parse_file
 
 
 def envelope(*addresses: str) -> Envelope:
@@ -28,15 +28,6 @@ def envelope(*addresses: str) -> Envelope:
 
 def files(spool_root: Path, queue: str) -> list[str]:
     return sorted(os.listdir(spool_root / queue))
-
-
-def read_body(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        parsed = parse_file(fd)
-    finally:
-        os.close(fd)
-    return path.read_bytes()[parsed.body_offset:parsed.body_offset + parsed.body_length]
 
 
 async def receive(spool: Spool, *chunks: bytes) -> str:
@@ -68,7 +59,7 @@ def test_commit_puts_a_complete_file_in_incoming(spool: Spool, tmp_path: Path) -
     queue_id = asyncio.run(receive(spool, received, b"Subject: hi\r\n\r\n", b"hello\r\n"))
     assert files(tmp_path, "incoming") == [queue_id]
     assert files(tmp_path, "tmp") == []
-    assert read_body(tmp_path / "incoming" / queue_id) == received + b"Subject: hi\r\n\r\nhello\r\n"
+    assert body_of(tmp_path / "incoming" / queue_id) == received + b"Subject: hi\r\n\r\nhello\r\n"
     assert oct((tmp_path / "incoming" / queue_id).stat().st_mode & 0o777) == "0o600"
 
 
@@ -132,7 +123,7 @@ def test_concurrent_commits_share_directory_fsyncs_and_wakeups(spool: Spool, tmp
     assert 1 <= counts["dir"] < 100
     assert spool.committed_messages == 200 and spool.committed_batches == counts["dir"]
     for i, queue_id in enumerate(ids):
-        assert read_body(tmp_path / "incoming" / queue_id) == b"message %d\r\n" % i
+        assert body_of(tmp_path / "incoming" / queue_id) == b"message %d\r\n" % i
 
 
 def test_syncfs_mode_commits_durably_too(tmp_path: Path) -> None:
@@ -273,7 +264,7 @@ def test_large_message_spills_with_bounded_memory(tmp_path: Path) -> None:
 
     queue_id = asyncio.run(scenario())
     spool.close()
-    body = read_body(tmp_path / "incoming" / queue_id)
+    body = body_of(tmp_path / "incoming" / queue_id)
     assert len(body) == chunk_size * chunks and zlib.crc32(body) == expected_crc
     assert files(tmp_path, "tmp") == []
 
@@ -306,7 +297,7 @@ def test_enqueue_is_durable_without_an_event_loop(spool: Spool, tmp_path: Path) 
     queue_id = spool.enqueue(Envelope(sender="", recipients=[Recipient("alice@example.org")], protocol="LOCAL"),
                              [b"Subject: Undelivered Mail\r\n", b"\r\n", b"bounce\r\n"])
     assert files(tmp_path, "incoming") == [queue_id]
-    assert read_body(tmp_path / "incoming" / queue_id) == b"Subject: Undelivered Mail\r\n\r\nbounce\r\n"
+    assert body_of(tmp_path / "incoming" / queue_id) == b"Subject: Undelivered Mail\r\n\r\nbounce\r\n"
 
 
 def _commit_in_child(spool: Spool) -> None:

@@ -94,7 +94,7 @@ def commit_files(jobs: list[Job], dir_fd: int, use_syncfs: bool = False) -> list
     live = [index for index, (failure, _) in enumerate(results) if not failure]
     if live and use_syncfs:
         try:
-            _syncfs(dir_fd)
+            syncfs(dir_fd)
         except OSError as exc:
             for index in live:
                 results[index] = (exc.errno or errno.EIO, IN_TMP)
@@ -133,8 +133,9 @@ def _check(job: Job) -> None:
 _libc: ctypes.CDLL | None = None
 
 
-def _syncfs(fd: int) -> None:
-    """syncfs(2), which the os module does not offer."""
+def syncfs(fd: int) -> None:
+    """syncfs(2), which the os module does not offer: flush every dirty page and inode of
+    the file system holding `fd`.  (Not a kernel: fastmta.spool.fsutil uses it too.)"""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)

@@ -6,9 +6,10 @@ operator should do; every SpoolError built from an OSError uses it.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
+
+from fastmta._pure.spoolio import syncfs  # the one syncfs(2) wrapper (no kernel choice needed)
 
 __all__ = ["describe_os_error", "fsync_directory", "syncfs", "write_all"]
 
@@ -59,16 +60,3 @@ def fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_libc: ctypes.CDLL | None = None
-
-
-def syncfs(fd: int) -> None:
-    """syncfs(2): flush every dirty page and inode of the file system holding `fd`."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.syncfs(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))

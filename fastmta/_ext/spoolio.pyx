@@ -15,6 +15,14 @@ into C arrays with the GIL held, every system call of the batch runs in one `nog
 block, and the results are built with the GIL again: two GIL round trips per batch
 instead of about five per message.
 
+Order of the system calls (the results are the twin's; only the speed differs): files
+are written in groups of up to 64, each one's data queued for writeback at once with
+sync_file_range(SYNC_FILE_RANGE_WRITE) (a hint, never relied on), and only then is each
+fsynced and closed, so the device gets the group's data together rather than one file
+per flush.  Measured with the whole receive path at 20 connections, alternating runs:
+about 13% more messages per second and 10% less server CPU per message than writing and
+fsyncing one file after the other (bench/README.md).
+
 Invariants (identical to the twin):
 - A file is renamed only after its data reached the disk (fsync or syncfs).
 - Every descriptor, given or opened, is closed when the call returns.
@@ -45,11 +53,13 @@ PUBLISHED = STAGE_PUBLISHED
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, int mode)
+    int c_sync_file_range "sync_file_range"(int fd, off_t offset, off_t nbytes, unsigned int flags)
     enum:
         O_WRONLY
         O_CREAT
         O_EXCL
         O_CLOEXEC
+        SYNC_FILE_RANGE_WRITE
 
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
@@ -65,6 +75,7 @@ cdef extern from "<stdio.h>" nogil:
 
 cdef enum:
     IOV_MAX = 1024  # Linux UIO_MAXIOV
+    GROUP = 64  # files written before their fsyncs: bounds the descriptors open at once
 
 
 cdef struct FileJob:
@@ -117,7 +128,9 @@ cdef int _pwrite_all(int fd, const char *data, Py_ssize_t length) noexcept nogil
     return 0
 
 
-cdef void _write_file(FileJob *job, iovec *iov, bint use_syncfs) noexcept nogil:
+cdef void _write_file(FileJob *job, iovec *iov) noexcept nogil:
+    """Create (if needed) and write the file, then start its writeback without waiting;
+    on failure close it and record where it was left.  The descriptor stays open."""
     cdef int fd = job.fd
     cdef int failure = 0
     if fd < 0:
@@ -129,13 +142,21 @@ cdef void _write_file(FileJob *job, iovec *iov, bint use_syncfs) noexcept nogil:
             job.failure = errno
             job.stage = STAGE_NOT_CREATED
             return
+        job.fd = fd
     failure = _write_all(fd, iov + job.first_part, job.part_count)
     if failure == 0 and job.head_length >= 0:
         failure = _pwrite_all(fd, job.head, job.head_length)
-    if failure == 0 and not use_syncfs:
-        if c_fsync(fd) != 0:
-            failure = errno
-    if c_close(fd) != 0 and failure == 0 and errno != EINTR:
+    if failure:
+        _close_file(job, failure)
+        return
+    # A hint, not a guarantee (the fsync or syncfs after it is): queue this file's data
+    # for writing now, so the device takes the whole batch's data at once instead of one
+    # file per fsync.  Measured on ext4: 13-45% less time per message in batches of 5-10.
+    c_sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+cdef void _close_file(FileJob *job, int failure) noexcept nogil:
+    if c_close(job.fd) != 0 and failure == 0 and errno != EINTR:
         failure = errno  # (EINTR: Linux closed the descriptor anyway)
     job.fd = -1
     if failure:
@@ -154,6 +175,7 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
     cdef list parts
     cdef object head, part
     cdef int failure = 0
+    cdef Py_ssize_t group_start, group_end
     if count <= 0:
         return []
     for index in range(count):  # check everything before the first system call
@@ -201,10 +223,23 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
                 files[index].head = PyBytes_AS_STRING(head)
                 files[index].head_length = PyBytes_GET_SIZE(head)
         with nogil:
-            for index in range(count):
-                _write_file(&files[index], iov, use_syncfs)
-                if files[index].failure == 0:
-                    live += 1
+            # In groups (at most GROUP descriptors open at once): write every file of the
+            # group, its data on its way to the disk, then make each durable and close it.
+            group_start = 0
+            while group_start < count:
+                group_end = min(group_start + GROUP, count)
+                for index in range(group_start, group_end):
+                    _write_file(&files[index], iov)
+                for index in range(group_start, group_end):
+                    if files[index].failure == 0:
+                        failure = 0
+                        if not use_syncfs and c_fsync(files[index].fd) != 0:
+                            failure = errno
+                        _close_file(&files[index], failure)
+                        if files[index].failure == 0:
+                            live += 1
+                group_start = group_end
+            failure = 0
             if live and use_syncfs and c_syncfs(dir_fd) != 0:
                 failure = errno
                 for index in range(count):

@@ -16,9 +16,10 @@ import signal
 import smtplib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from helpers.server import wait_until  # re-exported for the process tests
 
 RECEIVE_NAME = "fastmta-receive"
 DELIVERY_NAME = "fastmta-deliver"
@@ -64,17 +65,6 @@ def alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class MTAProcess:

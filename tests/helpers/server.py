@@ -88,7 +88,9 @@ def read_message(root: Path, queue_id: str) -> StoredMessage:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = IO_TIMEOUT,
-               what: str = "condition") -> Any:
+               what: str = "condition", *, interval: float = 0.02) -> Any:
+    """Poll `predicate` every `interval` seconds; return its first true value, or fail
+    the test after `timeout` seconds naming `what` it waited for."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -96,7 +98,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = IO_TIMEOUT,
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 class _SpoolView:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastmta.protocol.address import split_mailbox, unquote_local_part
+from fastmta.spool.fsutil import fsync_directory
 
 __all__ = ["Maildir", "MaildirCopy", "MaildirError", "delivered_to_addresses",
            "mailbox_directory_name"]
@@ -184,7 +185,7 @@ class Maildir:
             renamed.setdefault(os.path.dirname(copy.final_path), []).append(copy)
         for directory, members in renamed.items():
             try:
-                _fsync_directory(directory)
+                fsync_directory(directory)
                 self.directory_fsyncs += 1
             except OSError as exc:
                 error = _error(exc, f"cannot sync the Maildir directory {directory}")
@@ -238,7 +239,7 @@ class Maildir:
             except FileExistsError:
                 pass
         for directory in created:  # a new directory entry is durable once its parent is synced
-            _fsync_directory(os.path.dirname(directory))
+            fsync_directory(os.path.dirname(directory))
 
 
 def _crlf_to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -297,14 +298,6 @@ def _start_writeback(fd: int) -> None:
     batch find their blocks allocated together and share one journal commit."""
     if _sync_file_range is not None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: fsync reports errors
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["helpers.dns_server"]
+pytest_plugins = ["helpers.dns_server", "helpers.server", "helpers.mta_process"]
 
 BACKEND_NAMES = ("cython", "python")
 

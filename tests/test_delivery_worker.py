@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers.dns_server import DNSServer
-from helpers.mta_process import mta_factory, wait_until
+from helpers.mta_process import wait_until
 from helpers.smtp_sinks import SinkMessage, SMTPSink
 
 from fastmta.delivery.worker import delivery_running
@@ -29,7 +29,6 @@ WORKER = ("import logging, sys\n"
           "sys.exit(run_delivery_worker(load_config(sys.argv[1])))\n")
 SUBJECT = re.compile(rb"^Subject: (msg \d+)\r?$", re.MULTILINE)
 
-mta = pytest.fixture(mta_factory)
 
 
 class Workers:

@@ -12,20 +12,15 @@ import sys
 import textwrap
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-from helpers.mta_process import mta_factory, wait_until
+from helpers.mta_process import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmta import metrics
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def mta(tmp_path: Path):
-    yield from mta_factory(tmp_path)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from helpers.server import (
     HOSTNAME,
-    InProcessServer,
-    in_process_servers,
     make_tls_files,
     queue_id_of,
     split_received,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 SWAKS = shutil.which("swaks")
 pytestmark = [

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from helpers.mta_process import (
     delivered_queue_ids,
-    mta_factory,
     spool_queue_ids,
     wait_until,
 )
@@ -26,10 +25,6 @@ from fastmta.spool import Spool
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def mta(tmp_path: Path):
-    yield from mta_factory(tmp_path)
 
 
 class Load:

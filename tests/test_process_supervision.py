@@ -18,7 +18,6 @@ from helpers.mta_process import (
     RECEIVE_NAME,
     alive,
     delivered_queue_ids,
-    mta_factory,
     process_name,
     wait_until,
 )
@@ -29,10 +28,6 @@ from fastmta.process.supervisor import restart_delay
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def mta(tmp_path: Path):
-    yield from mta_factory(tmp_path)
 
 
 def test_process_tree_has_master_receive_and_delivery_workers(mta):

@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from helpers.server import (
     HOSTNAME,
-    InProcessServer,
-    in_process_servers,
     message_bytes,
     queue_id_of,
     split_received,
     wait_until,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 ENVELOPE = b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<user@localhost>\r\nDATA\r\n"
 

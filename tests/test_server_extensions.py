@@ -4,22 +4,11 @@ SMTPUTF8 (RFC 6531), each read back from the spool.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
 from helpers.server import (
-    InProcessServer,
-    in_process_servers,
     message_bytes,
     queue_id_of,
     split_received,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 
 def test_bdat_chunks_arrive_byte_exact(receive_server) -> None:

@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from helpers.server import (
     HOSTNAME,
-    InProcessServer,
-    in_process_servers,
     message_bytes,
     queue_id_of,
     split_received,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 
 def test_commands_in_one_packet_are_answered_in_order_in_one_batch(receive_server) -> None:

@@ -8,23 +8,12 @@ here set relay_networks to 10.0.0.0/8 to see what an outside client sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
 from helpers.server import (
     HOSTNAME,
-    InProcessServer,
-    in_process_servers,
     message_bytes,
     queue_id_of,
     wait_until,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 OUTSIDE = {"relay_networks": "10.0.0.0/8"}
 

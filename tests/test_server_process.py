@@ -13,25 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from helpers.server import (
-    ServerProcess,
     message_bytes,
     queue_id_of,
-    server_processes,
     split_received,
     wait_until,
 )
 
 from fastmta import kernels
-
-
-@pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    yield from server_processes(tmp_path)
 
 pytestmark = pytest.mark.slow
 

@@ -9,22 +9,14 @@ exchange, on stock asyncio too (the transport must not depend on uvloop quirks).
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from helpers.server import (
     HOSTNAME,
-    InProcessServer,
-    in_process_servers,
     message_bytes,
     split_received,
 )
 
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_ehlo_lists_extensions_with_the_size_limit(receive_server, loop: str) -> None:

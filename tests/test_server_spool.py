@@ -12,30 +12,14 @@ and what is left on disk when the client vanishes or the spool cannot write.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from helpers.server import (
-    InProcessServer,
-    ServerProcess,
-    in_process_servers,
     message_bytes,
     queue_id_of,
-    server_processes,
     split_received,
     wait_until,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
-
-
-@pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    yield from server_processes(tmp_path)
 
 ENVELOPE = b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<user@localhost>\r\nDATA\r\n"
 

@@ -8,25 +8,17 @@ executed (RFC 3207 5; the CVE-2011-0411 class of attack).
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from helpers.server import (
     HOSTNAME,
-    InProcessServer,
     RawClient,
-    in_process_servers,
     make_tls_files,
     message_bytes,
     queue_id_of,
     split_received,
 )
-
-
-@pytest.fixture
-def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
-    yield from in_process_servers(tmp_path)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from helpers.server import wait_until  # re-exported for the process tests
 
 RECEIVE_NAME = "fastmta-receive"
@@ -193,6 +195,10 @@ def mta_factory(tmp_path: Path) -> Iterator:
     yield make
     for process in started:
         process.kill_tree()
+
+
+# `mta(*flags, ...)` -> an unstarted MTAProcess (tests/conftest.py loads this module as a plugin).
+mta = pytest.fixture(mta_factory, name="mta")
 
 
 def spool_queue_ids(spool: Path) -> set[str]:

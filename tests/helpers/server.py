@@ -14,8 +14,10 @@ Settings are `fastmta serve` settings by their config names (`max_message_size=
 in tmp_path and no delivery, so what it accepted stays in incoming/ to be read back.
 
 `RawClient` is a socket that reads whole SMTP replies, for the byte-level tests.
-`in_process_servers(tmp_path)` and `server_processes(tmp_path)` are the bodies of
-fixtures that return factories; everything started is stopped at teardown.
+The fixtures `receive_server` and `server_process` (every test module has them:
+tests/conftest.py loads this module as a plugin) return factories over
+`in_process_servers(tmp_path)` and `server_processes(tmp_path)`; everything started is
+stopped at teardown.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
+
+import pytest
 
 from fastmta.config import Config, load_config
 from fastmta.server.service import ReceiveService, bind_listeners
@@ -394,12 +398,19 @@ def make_tls_files(directory: Path) -> TLSFiles:
     return TLSFiles(cert, key, ca_cert, context)
 
 
-# --- factories for fixtures ---------------------------------------------------------
-# A test module turns these into fixtures (so each module names what it uses):
-#
-#     @pytest.fixture
-#     def receive_server(tmp_path):
-#         yield from in_process_servers(tmp_path)
+# --- fixtures (tests/conftest.py loads this module as a plugin) ------------------------
+
+
+@pytest.fixture
+def receive_server(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:
+    """`receive_server(**settings)` -> a started InProcessServer (see in_process_servers)."""
+    yield from in_process_servers(tmp_path)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """`server_process(*flags, **kwargs)` -> a started ServerProcess (see server_processes)."""
+    yield from server_processes(tmp_path)
 
 
 def in_process_servers(tmp_path: Path) -> Iterator[Callable[..., InProcessServer]]:

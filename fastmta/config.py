@@ -266,6 +266,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spool", parse_path, Path("fastmta-spool"), "spool directory (queue files and, by default, Maildirs)", "DIR"),
     Setting("spool_sync", parse_choice("fsync", "syncfs"), "fsync", "how a message is made durable before its 250: fsync each file, or one syncfs(2) per batch (only for a spool on a file system of its own)", "fsync|syncfs"),
     Setting("spool_commit_threads", parse_int(1), 1, "threads per receive worker that flush new messages to disk; 2 overlaps the flushes of consecutive batches", "N"),
+    Setting("spool_reuse_files", parse_int(0), 2048, "delivered messages' spool files kept (up to this many) and reused for new messages, instead of deleting and creating one per message; 0 deletes them", "N"),
     Setting("local_domains", parse_domains, ("localhost",), "domains delivered here, comma-separated", "DOMAINS"),
     Setting("relay_domains", parse_domains, (), "domains accepted from anyone and relayed onwards", "DOMAINS"),
     Setting("relay_networks", parse_networks, ("127.0.0.0/8", "::1/128"), "client networks allowed to relay anywhere (CIDRs)", "CIDRS"),
@@ -326,6 +327,7 @@ class Config:
     spool: Path
     spool_sync: str
     spool_commit_threads: int
+    spool_reuse_files: int
     local_domains: tuple[str, ...]
     relay_domains: tuple[str, ...]
     relay_networks: tuple[str, ...]

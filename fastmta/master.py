@@ -173,7 +173,7 @@ def prepare_spool(config: Config, identity: Identity | None) -> None:
     from fastmta.spool import Spool, SpoolError
 
     try:
-        spool = Spool(config.spool)
+        spool = Spool(config.spool, reuse_files=config.spool_reuse_files)
         try:
             report = spool.recover()
         finally:

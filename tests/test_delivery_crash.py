@@ -1,5 +1,5 @@
 """A delivery worker SIGKILLed at the points where it writes no state of its own: just before
-the Maildir copies are committed, and between a delivery that ends a message and the unlink
+the Maildir copies are committed, and between a delivery that ends a message and the removal
 that records it.  After recovery and a new run, nothing is lost, nothing is delivered more
 than twice, and only the recipients of the last, unrecorded group are delivered twice.
 
@@ -74,8 +74,8 @@ def _deliver_until(root: str, settings: dict[str, Any], stop_at: str, conn: Conn
             commit(self, copies)
 
         maildir_module.Maildir.commit = stopping_commit  # type: ignore[method-assign]
-    else:  # "before the unlink"
-        unlink = os.unlink
+    else:  # "before the removal": the unlink, or the rename into retired/ for reuse
+        unlink, rename = os.unlink, os.rename
         active = f"{root}/active/"
 
         def stopping_unlink(path: Any, *args: Any, **kwargs: Any) -> None:
@@ -83,7 +83,13 @@ def _deliver_until(root: str, settings: dict[str, Any], stop_at: str, conn: Conn
                 stop()
             unlink(path, *args, **kwargs)
 
+        def stopping_rename(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+            if str(source).startswith(active) and str(target).startswith(f"{root}/retired/"):
+                stop()
+            rename(source, target, *args, **kwargs)
+
         os.unlink = stopping_unlink  # type: ignore[assignment]
+        os.rename = stopping_rename  # type: ignore[assignment]
     run_manager(load_config(overrides=settings), Path(root))
     conn.send("finished without stopping")
 
@@ -149,13 +155,13 @@ def test_a_kill_before_the_maildir_commit_delivers_each_copy_once(world) -> None
     assert queued(root) == []
 
 
-def test_a_kill_before_the_unlink_that_ends_a_message_repeats_only_that_delivery(world) -> None:
+def test_a_kill_before_the_removal_that_ends_a_message_repeats_only_that_delivery(world) -> None:
     root, _, settings = world
     queue(root, 0, "bob@example.com", "dave@example.com")
-    kill_at(root, settings, "before the unlink")
+    kill_at(root, settings, "before the removal")
     assert maildir_copies(root, "bob") == [b"msg 0"]  # committed: delivered
     (queue_id,) = os.listdir(root / "active")
-    assert states(root, queue_id) == [RecipientState.PENDING] * 2  # the unlink was the record
+    assert states(root, queue_id) == [RecipientState.PENDING] * 2  # the removal was the record
     assert recover(root) == 1
     run_manager(load_config(overrides=settings), root)
     # The allowed window: delivered between the copy and our record of it, so twice.
@@ -167,7 +173,7 @@ def test_a_kill_before_the_unlink_that_ends_a_message_repeats_only_that_delivery
 def test_only_the_last_group_of_a_message_goes_unrecorded(world) -> None:
     root, sink, settings = world
     queue_id = queue(root, 0, "bob@example.com", "carol@example.net")
-    kill_at(root, settings, "before the unlink")
+    kill_at(root, settings, "before the removal")
     assert [m.recipients for m in sink.messages] == [["carol@example.net"]]
     assert states(root, queue_id) == [RecipientState.DELIVERED, RecipientState.PENDING]
     assert recover(root) == 1

@@ -51,7 +51,8 @@ def spool(tmp_path: Path):
 
 def test_new_spool_creates_its_directories(tmp_path: Path) -> None:
     Spool(tmp_path / "spool").close()
-    assert sorted(os.listdir(tmp_path / "spool")) == ["active", "corrupt", "deferred", "hold", "incoming", "tmp"]
+    assert sorted(os.listdir(tmp_path / "spool")) == ["active", "corrupt", "deferred", "free", "hold",
+                                                    "incoming", "retired", "tmp"]
 
 
 def test_commit_puts_a_complete_file_in_incoming(spool: Spool, tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 """Commit a batch of new spool files with the GIL released once (compiled twin of
 fastmta._pure.spoolio, which is the reference and documents the API).
 
-`commit_files(jobs, dir_fd, use_syncfs=False) -> [(errno, stage)]`: per job
-`(fd, tmp_path, final_path, parts, head)`, create (if fd is -1), writev the parts,
-pwrite the head at 0, fsync, close; then syncfs once (if asked), rename every good
-file, fsync `dir_fd` once for all renames.
+`commit_files(jobs, dir_fd, use_syncfs=False, reuse=None) -> [(errno, stage)]`: per
+job `(fd, tmp_path, final_path, parts, head)`, make the file (if fd is -1: rename the
+next usable path of `reuse` to tmp_path without replacing anything, else create it), writev the parts, pwrite the
+head at 0, cut a reused file to its new length, fsync, close; then syncfs once (if
+asked), rename every good file, fsync `dir_fd` once for all renames.  The paths of
+`reuse` that were tried are deleted from its front.
 
 Why compiled: the spool's commit thread runs this for every batch while the event
 loop thread runs Python.  Made from Python, each of the five or six system calls per
@@ -25,15 +27,16 @@ fsyncing one file after the other (bench/README.md).
 
 Invariants (identical to the twin):
 - A file is renamed only after its data reached the disk (fsync or syncfs).
+- A reused file holds exactly the job's bytes: nothing of its old content past them.
 - Every descriptor, given or opened, is closed when the call returns.
 - One directory fsync covers every rename of the batch; none if nothing was renamed.
-- A malformed job (paths, parts or head not bytes) raises TypeError before any
-  system call.  The parts must be bytes objects: they stay referenced by `jobs` for
+- A malformed job (paths, parts or head not bytes) or `reuse` (not a list of bytes)
+  raises TypeError before any system call.  The parts must be bytes objects: they stay referenced by `jobs` for
   the whole call, and bytes never move or change, so the GIL can be released.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.errno cimport EINTR, EIO, errno
+from libc.errno cimport EEXIST, EINTR, EINVAL, EIO, ENOSYS, errno
 from libc.stdlib cimport calloc, free
 from posix.types cimport off_t
 from posix.uio cimport iovec
@@ -60,9 +63,11 @@ cdef extern from "<fcntl.h>" nogil:
         O_EXCL
         O_CLOEXEC
         SYNC_FILE_RANGE_WRITE
+        AT_FDCWD
 
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
+    int c_ftruncate "ftruncate"(int fd, off_t length)
     int c_fsync "fsync"(int fd)
     int c_syncfs "syncfs"(int fd)
     ssize_t c_pwrite "pwrite"(int fd, const void *buf, size_t count, off_t offset)
@@ -72,6 +77,10 @@ cdef extern from "<sys/uio.h>" nogil:
 
 cdef extern from "<stdio.h>" nogil:
     int c_rename "rename"(const char *oldpath, const char *newpath)
+    int c_renameat2 "renameat2"(int olddirfd, const char *oldpath, int newdirfd,
+                                const char *newpath, unsigned int flags)
+    enum:
+        RENAME_NOREPLACE
 
 cdef enum:
     IOV_MAX = 1024  # Linux UIO_MAXIOV
@@ -86,8 +95,16 @@ cdef struct FileJob:
     Py_ssize_t part_count
     const char *head
     Py_ssize_t head_length  # -1: no head
+    Py_ssize_t length  # bytes of the parts: where a reused file is cut
+    int reused  # made from a path of `reuse`, not created
     int failure  # errno, 0 while all is well
     int stage
+
+
+cdef struct Reuse:
+    const char **paths
+    Py_ssize_t count
+    Py_ssize_t next  # the first path not tried yet
 
 
 cdef int _write_all(int fd, iovec *iov, Py_ssize_t count) noexcept nogil:
@@ -128,24 +145,62 @@ cdef int _pwrite_all(int fd, const char *data, Py_ssize_t length) noexcept nogil
     return 0
 
 
-cdef void _write_file(FileJob *job, iovec *iov) noexcept nogil:
-    """Create (if needed) and write the file, then start its writeback without waiting;
-    on failure close it and record where it was left.  The descriptor stays open."""
-    cdef int fd = job.fd
-    cdef int failure = 0
-    if fd < 0:
-        while True:
-            fd = c_open(job.tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            if fd >= 0 or errno != EINTR:
-                break
+cdef int _open_flags(const char *path, int flags) noexcept nogil:
+    cdef int fd
+    while True:
+        fd = c_open(path, flags, 0o600)
+        if fd >= 0 or errno != EINTR:
+            return fd
+
+
+cdef void _open_new_file(FileJob *job, Reuse *reuse) noexcept nogil:
+    """Make job.tmp_path: the next path of `reuse` renamed there, else a new file."""
+    cdef int fd
+    while reuse.next < reuse.count:
+        reuse.next += 1
+        if c_renameat2(AT_FDCWD, reuse.paths[reuse.next - 1], AT_FDCWD, job.tmp_path,
+                       RENAME_NOREPLACE) != 0:
+            if errno == EEXIST:  # as O_EXCL: never replace a file at tmp_path
+                job.failure = errno
+                job.stage = STAGE_NOT_CREATED
+                return
+            if errno == EINVAL or errno == ENOSYS:
+                break  # the file system cannot rename without replacing: create instead
+            continue  # another process took it, or it is gone: the next one
+        fd = _open_flags(job.tmp_path, O_WRONLY | O_CLOEXEC)
         if fd < 0:
             job.failure = errno
-            job.stage = STAGE_NOT_CREATED
-            return
+            job.stage = STAGE_IN_TMP
+        else:
+            job.fd = fd
+            job.reused = 1
+        return
+    fd = _open_flags(job.tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC)
+    if fd < 0:
+        job.failure = errno
+        job.stage = STAGE_NOT_CREATED
+    else:
         job.fd = fd
+
+
+cdef void _write_file(FileJob *job, iovec *iov, Reuse *reuse) noexcept nogil:
+    """Make (if needed) and write the file, then start its writeback without waiting;
+    on failure close it and record where it was left.  The descriptor stays open."""
+    cdef int failure = 0
+    if job.fd < 0:
+        _open_new_file(job, reuse)
+        if job.failure:
+            return
+    cdef int fd = job.fd
     failure = _write_all(fd, iov + job.first_part, job.part_count)
     if failure == 0 and job.head_length >= 0:
         failure = _pwrite_all(fd, job.head, job.head_length)
+    if failure == 0 and job.reused:
+        while c_ftruncate(fd, <off_t>(job.length if job.length > job.head_length
+                                     else job.head_length)) != 0:
+            if errno != EINTR:
+                failure = errno
+                break
     if failure:
         _close_file(job, failure)
         return
@@ -164,9 +219,13 @@ cdef void _close_file(FileJob *job, int failure) noexcept nogil:
         job.stage = STAGE_IN_TMP
 
 
-def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
+def commit_files(list jobs, int dir_fd, bint use_syncfs=False, reuse=None):
     """Write, sync, rename every job's file; one directory fsync (see the module docstring)."""
     cdef Py_ssize_t count = len(jobs)
+    cdef Reuse paths_to_reuse
+    paths_to_reuse.paths = NULL
+    paths_to_reuse.count = 0
+    paths_to_reuse.next = 0
     cdef Py_ssize_t total_parts = 0
     cdef Py_ssize_t index, part_index, renamed = 0, live = 0
     cdef FileJob *files = NULL
@@ -194,11 +253,21 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
         if job[4] is not None and type(job[4]) is not bytes:
             raise TypeError("the head of a job must be bytes or None")
         total_parts += len(<list>job[3])
+    if reuse is not None:
+        if type(reuse) is not list:
+            raise TypeError("reuse must be a list of bytes paths")
+        for part in <list>reuse:
+            if type(part) is not bytes:
+                raise TypeError("reuse must be a list of bytes paths")
+        paths_to_reuse.count = len(<list>reuse)
     files = <FileJob *>calloc(<size_t>count, sizeof(FileJob))
     iov = <iovec *>calloc(<size_t>(total_parts if total_parts > 0 else 1), sizeof(iovec))
-    if files == NULL or iov == NULL:
+    if paths_to_reuse.count:
+        paths_to_reuse.paths = <const char **>calloc(<size_t>paths_to_reuse.count, sizeof(char *))
+    if files == NULL or iov == NULL or (paths_to_reuse.count and paths_to_reuse.paths == NULL):
         free(files)
         free(iov)
+        free(paths_to_reuse.paths)
         raise MemoryError()
     try:
         part_index = 0
@@ -214,6 +283,7 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
                     continue  # writev of only empty parts returns 0, which means no progress
                 iov[part_index].iov_base = PyBytes_AS_STRING(part)
                 iov[part_index].iov_len = <size_t>PyBytes_GET_SIZE(part)
+                files[index].length += PyBytes_GET_SIZE(part)
                 part_index += 1
             files[index].part_count = part_index - files[index].first_part
             head = job[4]
@@ -222,6 +292,8 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
             else:
                 files[index].head = PyBytes_AS_STRING(head)
                 files[index].head_length = PyBytes_GET_SIZE(head)
+        for index in range(paths_to_reuse.count):  # `reuse` keeps the bytes alive
+            paths_to_reuse.paths[index] = PyBytes_AS_STRING((<list>reuse)[index])
         with nogil:
             # In groups (at most GROUP descriptors open at once): write every file of the
             # group, its data on its way to the disk, then make each durable and close it.
@@ -229,7 +301,7 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
             while group_start < count:
                 group_end = min(group_start + GROUP, count)
                 for index in range(group_start, group_end):
-                    _write_file(&files[index], iov)
+                    _write_file(&files[index], iov, &paths_to_reuse)
                 for index in range(group_start, group_end):
                     if files[index].failure == 0:
                         failure = 0
@@ -260,7 +332,10 @@ def commit_files(list jobs, int dir_fd, bint use_syncfs=False):
                     if files[index].failure == 0:
                         files[index].failure = failure
                         files[index].stage = STAGE_PUBLISHED
+        if paths_to_reuse.next:
+            del (<list>reuse)[:paths_to_reuse.next]
         return [(files[index].failure, files[index].stage) for index in range(count)]
     finally:
         free(files)
         free(iov)
+        free(paths_to_reuse.paths)

@@ -23,21 +23,22 @@ cannot be delivered is logged and dropped).
 
 The common case costs no state write: the last group of an attempt to finish, when every
 recipient of the attempt was delivered, removes the message instead of recording its
-deliveries first (`_Attempt.ends_with`, `_complete_delivered`): the unlink is the state
-write.  The other groups record theirs before the last one may decide so.
+deliveries first (`_Attempt.ends_with`, `_complete_delivered`): the removal is the state
+write (a rename into retired/ to be reused, or an unlink; fastmta.spool.recycle).  The other groups record theirs before the last one may decide so.
 
 Crash safety: every spool update is durable when it returns, so a killed worker redoes at
 most the recipients whose outcome it had not recorded yet (one whose peer said 250, or
 whose Maildir copy was committed, just before the kill is delivered twice; none is lost).
-For a message ended by the unlink that window runs from the 250 to the unlink, which is
-not fsynced (as in Postfix): a killed process loses no unlink, and after a power loss the
+For a message ended by the removal that window runs from the 250 to the removal, which is
+not fsynced (as in Postfix): a killed process loses no removal, and after a power loss the
 message may come back whole, its last recipients not recorded, and they get it again,
 once (docs/spool.md, "When the delivery worker writes state").  Work that flushes runs in
 threads and is never abandoned half-way (`_blocking`, `LocalBatches.run`), so cancelling
 an attempt (shutdown) leaves the file in a state the next attempt can trust; a decision
-to skip a state write and the unlink that replaces it are made in one step (one thread
+to skip a state write and the removal that replaces it are made in one step (one thread
 job, or one run of the event loop without an `await`), so no cancellation falls between.
-Unlinks and renames without a flush run on the loop.  The worker holds an flock on every
+Unlinks and renames without a flush run on the loop; the release of retired files
+(directory fsyncs) runs in a thread, at most one at a time.  The worker holds an flock on every
 message it owns and returns the active/ files of dead workers (`fastmta.delivery.orphans`).
 """
 
@@ -74,6 +75,7 @@ from fastmta.delivery.schedule import RetrySchedule
 from fastmta.delivery.smtp import ClientSettings, DeliveryStatus, MessageSource, SMTPPool
 from fastmta.policy import RecipientPolicy
 from fastmta.spool import ActiveMessage, Spool, SpoolCorruptError, SpoolError
+from fastmta.spool.recycle import RELEASE_BATCH
 
 __all__ = ["QueueManager", "recover_orphans"]
 
@@ -148,12 +150,12 @@ class _Attempt:
 
 def _complete_delivered(message: ActiveMessage, delivered: list[int]) -> None:
     """Remove a message whose every pending recipient was just delivered, without first
-    recording them: the unlink is the state write (a crash before it repeats them, the
+    recording them: the removal is the state write (a crash before it repeats them, the
     window every MTA has between the next hop's 250 and its own record)."""
     try:
         message.complete()
     except SpoolError:
-        # Cannot unlink (a failing disk): record the deliveries, so a retry skips them.
+        # Cannot remove it (a failing disk): record the deliveries, so a retry skips them.
         message.mark_delivered(delivered)
         raise
 
@@ -185,6 +187,7 @@ class QueueManager:
         self._refilling = False  # at max_in_flight: each attempt that ends claims the next
         self._idle: asyncio.Future[None] | None = None  # resolved when no attempt is left
         self._static_routes: dict[str, Route] = {}  # domain -> a route that needs no DNS
+        self._releasing: asyncio.Task[int] | None = None  # retired files on their way to free/
         self.attempts = 0  # messages attempted by this manager (for tests and logs)
 
     async def close(self) -> None:
@@ -208,11 +211,13 @@ class QueueManager:
                 # While at max_in_flight, attempts that end claim the next messages
                 # themselves (_attempt_done); this loop looks for new mail when idle.
                 self._refilling = self._claim_due()
+                self._release_retired()
                 await asyncio.wait({stopping}, timeout=self.config.queue_scan_interval)
         finally:
             self._refilling = False
             stopping.cancel()
             await self._drain(drain_timeout)
+            await self._release_now()
 
     async def run_until_idle(self) -> int:
         """Attempt everything due at `clock()`, including mail those attempts queue (DSNs,
@@ -222,6 +227,7 @@ class QueueManager:
             while True:
                 self._refilling = self._claim_due()
                 if not self._tasks:
+                    await self._release_now()
                     return self.attempts - before
                 self._idle = asyncio.get_running_loop().create_future()
                 await self._idle
@@ -250,8 +256,24 @@ class QueueManager:
         self._tasks.discard(task)
         if self._refilling:
             self._refilling = self._claim_due()
+        if self.spool.pool.pending >= RELEASE_BATCH:
+            self._release_retired()
         if not self._tasks and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
+
+    def _release_retired(self) -> None:
+        """Pass the files of delivered messages on for reuse (fastmta.spool.recycle), in
+        a thread: one release at a time, each after at most a scan interval or
+        RELEASE_BATCH messages."""
+        if self.spool.pool.pending and (self._releasing is None or self._releasing.done()):
+            self._releasing = asyncio.get_running_loop().create_task(
+                _blocking(self.spool.pool.release))
+
+    async def _release_now(self) -> None:
+        if self._releasing is not None:
+            await asyncio.gather(self._releasing, return_exceptions=True)
+        if self.spool.pool.pending:
+            await _blocking(self.spool.pool.release)
 
     async def _drain(self, timeout: float) -> None:
         if not self._tasks:
@@ -421,7 +443,7 @@ class QueueManager:
         ends = not decided and attempt.ends_with(delivered, len(outcomes))
         if delivered:
             if ends:
-                # No await between this decision and the unlink: no cancellation between.
+                # No await between this decision and the removal: no cancellation between.
                 _complete_delivered(message, delivered)
             else:
                 await attempt.update(message.mark_delivered, delivered)
@@ -465,7 +487,7 @@ class QueueManager:
             if attempt.failures:  # a DSN was queued: make the removal durable (one fsync)
                 await _blocking(message.complete, True)
             else:
-                message.complete()  # an unlink: nothing to wait for, no thread
+                message.complete()  # a rename or unlink: nothing to wait for, no thread
             return
         if schedule.delay_warning_due(message.arrival, now, is_bounce=is_bounce,
                                       already_warned=message.delay_warned is not None):

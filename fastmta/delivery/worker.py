@@ -57,7 +57,7 @@ def run_delivery_worker(config: Config) -> int:
 
 async def deliver_until_stopped(config: Config, stop_event: asyncio.Event) -> None:
     """Run one queue manager over the configured spool until `stop_event` is set."""
-    spool = Spool(config.spool)
+    spool = Spool(config.spool, reuse_files=config.spool_reuse_files)
     try:
         with _running_marker(spool.root):
             router = Router(config, own_addresses=_own_addresses(config))

@@ -84,7 +84,8 @@ class ReceiveService:
         aliases = load_aliases(config.aliases_file) if config.aliases_file is not None else {}
         self.policy = RecipientPolicy.from_config(config, aliases)
         self.spool = spool if spool is not None else Spool(config.spool, sync_mode=config.spool_sync,
-                                                             fsync_threads=config.spool_commit_threads)
+                                                             fsync_threads=config.spool_commit_threads,
+                                                             reuse_files=config.spool_reuse_files)
         # A worker gets the context built by the master, which read the key as root.
         self.tls_context: ssl.SSLContext | None = tls_context
         if tls_context is None and config.tls_cert is not None and config.tls_key is not None:

@@ -6,6 +6,8 @@
     root/deferred/   waiting for a retry at the file's mtime
     root/hold/       put aside by the operator
     root/corrupt/    files that do not parse: kept for inspection, never deleted
+    root/retired/    delivered messages' files, until their removal is durable
+    root/free/       files kept for reuse by new messages (fastmta.spool.recycle)
 
 Other directories under the root (e.g. mail/ for Maildirs) are left alone.  All
 the queue directories are on one file system, so every move is an atomic rename.
@@ -36,6 +38,7 @@ from fastmta.spool.fileformat import encode_envelope
 from fastmta.spool.fsutil import describe_os_error, fsync_directory
 from fastmta.spool.message import ActiveMessage, MessageFile, open_message_file
 from fastmta.spool.queueid import is_queue_id, new_queue_id, normalise_queue_id
+from fastmta.spool.recycle import DEFAULT_LIMIT, FilePool
 from fastmta.spool.writer import MessageWriter, PauseHook
 
 __all__ = ["QUEUES", "SYNC_MODES", "RecoveryReport", "Spool"]
@@ -65,6 +68,7 @@ class RecoveryReport:
     to_incoming: int
     to_deferred: int
     to_corrupt: int
+    retired_to_free: int = 0
 
 
 class Spool:
@@ -74,6 +78,7 @@ class Spool:
                  spill_threshold: int = DEFAULT_SPILL_THRESHOLD,
                  sync_mode: str = "fsync",
                  fsync_threads: int = 1,
+                 reuse_files: int = DEFAULT_LIMIT,
                  deferred_rescan_interval: float = 60.0) -> None:
         if sync_mode not in SYNC_MODES:
             raise ValueError(f"sync_mode must be one of {', '.join(SYNC_MODES)}, got {sync_mode!r}")
@@ -97,6 +102,7 @@ class Spool:
         self.pause_hook: PauseHook | None = None
         self.committed_batches = 0  # directory fsyncs done by this process
         self.committed_messages = 0
+        self.pool = FilePool(self, reuse_files)
         self.incoming_fd = self._make_directories()
         self._commit_thread: GroupCommitter | None = None
         self._claimer = Claimer(self, deferred_rescan_interval)
@@ -106,7 +112,7 @@ class Spool:
         created = False
         try:
             os.makedirs(self.root_str, mode=0o700, exist_ok=True)
-            for name in ("tmp", *QUEUES):
+            for name in ("tmp", *QUEUES, "retired", "free"):
                 try:
                     os.mkdir(f"{self.root_str}/{name}", 0o700)
                     created = True
@@ -247,10 +253,15 @@ class Spool:
                     if self._inspect(self.path(queue, name), name) is None:
                         to_corrupt += 1
         for directory in (self.tmp_dir, self.active_dir, self.incoming_dir, self.deferred_dir,
-                          self.corrupt_dir):
+                          self.hold_dir, self.corrupt_dir):
             fsync_directory(directory)
+        try:
+            retired_to_free, _ = self.pool.recover()
+        except OSError as exc:
+            raise SpoolError(f"cannot recover the spool files kept for reuse in {self.root_str}: "
+                             f"{describe_os_error(exc)}") from exc
         self._claimer.forget()
-        report = RecoveryReport(tmp_removed, to_incoming, to_deferred, to_corrupt)
+        report = RecoveryReport(tmp_removed, to_incoming, to_deferred, to_corrupt, retired_to_free)
         if tmp_removed or to_incoming or to_deferred or to_corrupt:
             log.warning("spool recovery: %d unacknowledged tmp files removed, %d active messages "
                         "returned to incoming, %d to deferred, %d corrupt files moved to corrupt/",

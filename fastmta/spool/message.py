@@ -193,14 +193,16 @@ class ActiveMessage(MessageFile):
 
     def complete(self, sync: bool = False) -> None:
         """Remove the message: every recipient is delivered, or failed and bounced.
+        The file goes to retired/ to be reused by a new message, or is unlinked
+        (`FilePool.retire`).
 
         Not fsynced by default: a file a power loss brings back is delivered again to
         the recipients not recorded as done in it (a caller may skip recording the
-        deliveries that this unlink ends; docs/spool.md).  Pass sync=True after
+        deliveries that this removal ends; docs/spool.md).  Pass sync=True after
         queueing a DSN, so a crash cannot cause a second one."""
-        self.fileno()
+        fd = self.fileno()
         try:
-            os.unlink(self.path)
+            self._spool.pool.retire(self.path, self.queue_id, os.fstat(fd).st_size)
             if sync:
                 fsync_directory(self._spool.active_dir)
         except OSError as exc:

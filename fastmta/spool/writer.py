@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from fastmta._pure.spoolio import open_new_file
 from fastmta.kernels import IN_TMP, PUBLISHED, commit_files
 from fastmta.spool.errors import SpoolError
 from fastmta.spool.fileformat import encode_end_marker, encode_preamble
@@ -222,15 +223,28 @@ class MessageWriter:
         self._buffered = 0
 
     def _write_out(self) -> None:
-        """Write everything not yet written, end marker included; no fsync."""
+        """Write everything not yet written, end marker included; no fsync.  A new file
+        is a free one of the spool's pool if there is one (as in the kernel)."""
         parts, self._parts = self._parts, []
+        reused = False
         if self._fd is None:
-            self._fd = os.open(self._tmp_path, _CREATE_FLAGS, 0o600)
+            pool = self._spool.pool
+            reuse = pool.take(1)
+            offered = len(reuse)
+            try:
+                self._fd, reused = open_new_file(os.fsencode(self._tmp_path), reuse)
+            except OSError as exc:
+                self._created = exc.stage == IN_TMP  # type: ignore[attr-defined]
+                raise
+            finally:
+                pool.give_back(reuse, offered - len(reuse))
             self._created = True
         write_all(self._fd, list(parts))
         head = self._head
         if head is not None and os.pwrite(self._fd, head, 0) != len(head):
             raise OSError(errno.EIO, "short write of the preamble")
+        if reused:
+            os.ftruncate(self._fd, sum(map(len, parts)))
 
     def _job(self) -> tuple[int, bytes, bytes, list[bytes], bytes | None]:
         """This file's entry for the spoolio kernel."""
@@ -305,9 +319,16 @@ def _os_calls_untouched() -> bool:
 
 
 def _commit_with_kernel(writers: list[MessageWriter], spool: Spool) -> None:
-    """commit_batch in one kernel call: every system call of the batch, GIL released."""
-    results = commit_files([writer._job() for writer in writers], spool.incoming_fd,
-                           spool.sync_mode == "syncfs")
+    """commit_batch in one kernel call: every system call of the batch, GIL released;
+    new files are made from the spool's free ones first (fastmta.spool.recycle)."""
+    pool = spool.pool
+    reuse = pool.take(sum(1 for writer in writers if writer._fd is None))
+    offered = len(reuse)
+    try:
+        results = commit_files([writer._job() for writer in writers], spool.incoming_fd,
+                               spool.sync_mode == "syncfs", reuse)
+    finally:
+        pool.give_back(reuse, offered - len(reuse))
     published = 0
     for writer, (failure, stage) in zip(writers, results):
         if writer._committed_by_kernel(failure, stage):

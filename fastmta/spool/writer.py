@@ -229,7 +229,7 @@ class MessageWriter:
         reused = False
         if self._fd is None:
             pool = self._spool.pool
-            reuse = pool.take(1)
+            reuse = pool.take(3)  # with spares, as in _commit_with_kernel
             offered = len(reuse)
             try:
                 self._fd, reused = open_new_file(os.fsencode(self._tmp_path), reuse)
@@ -322,7 +322,9 @@ def _commit_with_kernel(writers: list[MessageWriter], spool: Spool) -> None:
     """commit_batch in one kernel call: every system call of the batch, GIL released;
     new files are made from the spool's free ones first (fastmta.spool.recycle)."""
     pool = spool.pool
-    reuse = pool.take(sum(1 for writer in writers if writer._fd is None))
+    new_files = sum(1 for writer in writers if writer._fd is None)
+    # With spares: another receive worker may have taken some of the names listed here.
+    reuse = pool.take(2 * new_files + 2) if new_files else []
     offered = len(reuse)
     try:
         results = commit_files([writer._job() for writer in writers], spool.incoming_fd,

@@ -312,7 +312,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queue_lifetime", parse_duration, 5 * 86400.0, "give up and bounce after this long, e.g. 5d", "SECONDS"),
     Setting("bounce_queue_lifetime", parse_duration, 5 * 86400.0, "give up on an undeliverable bounce after this long", "SECONDS"),
     Setting("delay_warning", parse_duration, 4 * 3600.0, "warn the sender after this long in the queue (0: never)", "SECONDS"),
-    Setting("queue_scan_interval", parse_duration, 1.0, "seconds between scans of the queue when it is idle", "SECONDS"),
+    Setting("queue_scan_interval", parse_duration, 1.0, "seconds between scans of the queue when nothing is being delivered (50 ms while mail flows)", "SECONDS"),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

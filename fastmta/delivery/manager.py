@@ -3,9 +3,9 @@
 Loop (`QueueManager.run`): claim due messages from the spool (new ones in incoming/ and
 deferred ones whose retry time has come) until `max_in_flight` are being delivered; while
 that limit is reached, each attempt that ends claims the next message itself (no scan of
-every attempt under way per message); when nothing is due, look again after
-`queue_scan_interval`.  Several workers (processes) may run over one spool: the claim is a
-rename, so each message has exactly one owner.
+every attempt under way per message); look again after 50 ms while attempts are under
+way, after `queue_scan_interval` when none is.  Several workers (processes) may run over
+one spool: the claim is a rename, so each message has exactly one owner.
 
 One attempt of one message (`_attempt`):
 1. group the pending recipients by next hop (routes that need no DNS are cached per
@@ -84,6 +84,8 @@ T = TypeVar("T")
 
 EXPIRED_STATUS = "4.4.7"  # RFC 3463 X.4.7: delivery time expired
 STATIC_ROUTE_CACHE = 4096  # domains whose DNS-free route is kept; cleared when full
+BUSY_SCAN_INTERVAL = 0.05  # seconds between queue scans while attempts are under way
+RELEASE_INTERVAL = 1.0  # seconds between releases of retired files, unless RELEASE_BATCH
 
 
 async def _blocking(function: Callable[..., T], *args: Any) -> T:
@@ -188,6 +190,7 @@ class QueueManager:
         self._idle: asyncio.Future[None] | None = None  # resolved when no attempt is left
         self._static_routes: dict[str, Route] = {}  # domain -> a route that needs no DNS
         self._releasing: asyncio.Task[int] | None = None  # retired files on their way to free/
+        self._next_release = 0.0  # time.monotonic() after which a scan releases
         self.attempts = 0  # messages attempted by this manager (for tests and logs)
 
     async def close(self) -> None:
@@ -211,8 +214,14 @@ class QueueManager:
                 # While at max_in_flight, attempts that end claim the next messages
                 # themselves (_attempt_done); this loop looks for new mail when idle.
                 self._refilling = self._claim_due()
-                self._release_retired()
-                await asyncio.wait({stopping}, timeout=self.config.queue_scan_interval)
+                if time.monotonic() >= self._next_release:
+                    self._release_retired()
+                # While mail flows, look again soon: new mail waits 50 ms, not a whole
+                # interval, and is delivered as it comes rather than in bursts that
+                # take both cores from the receive workers.
+                interval = self.config.queue_scan_interval
+                await asyncio.wait({stopping}, timeout=min(interval, BUSY_SCAN_INTERVAL)
+                                   if self._tasks else interval)
         finally:
             self._refilling = False
             stopping.cancel()
@@ -263,9 +272,10 @@ class QueueManager:
 
     def _release_retired(self) -> None:
         """Pass the files of delivered messages on for reuse (fastmta.spool.recycle), in
-        a thread: one release at a time, each after at most a scan interval or
-        RELEASE_BATCH messages."""
+        a thread: one release at a time, after RELEASE_BATCH messages or RELEASE_INTERVAL
+        (four directory fsyncs each)."""
         if self.spool.pool.pending and (self._releasing is None or self._releasing.done()):
+            self._next_release = time.monotonic() + RELEASE_INTERVAL
             self._releasing = asyncio.get_running_loop().create_task(
                 _blocking(self.spool.pool.release))
 

@@ -31,6 +31,7 @@ import fnmatch
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -371,8 +372,13 @@ def print_report(comparison: Comparison, args: argparse.Namespace) -> None:
               "anywhere): " + ("met" if not misses else "MISSED: " + "; ".join(misses)))
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # the servers are stopped and removed on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)  # e.g. from `timeout`: no Postfix left running
     if args.workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="fastmta-compare-"))
         workdir.chmod(0o755)  # Postfix's daemons (user postfix) work in here too

@@ -9,7 +9,6 @@ chosen point; the SMTP sink runs in the parent's thread and sees both runs.
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
 import re
@@ -21,26 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.delivery import deliver_until_idle
 from helpers.smtp_sinks import SinkMessage, SMTPSink
 
-from fastmta.config import Config, load_config
+from fastmta.config import load_config
 from fastmta.delivery import maildir as maildir_module
-from fastmta.delivery.manager import QueueManager
 from fastmta.spool import Envelope, QueueAdmin, Recipient, RecipientState, Spool
 
 SUBJECT = re.compile(rb"^Subject: (msg \d+)$", re.MULTILINE)
-
-
-def run_manager(config: Config, root: Path) -> int:
-    async def main() -> int:
-        spool = Spool(root)
-        manager = QueueManager(config, spool)
-        try:
-            return await manager.run_until_idle()
-        finally:
-            await manager.close()
-            spool.close()
-    return asyncio.run(main())
 
 
 def recover(root: Path) -> int:
@@ -90,7 +77,7 @@ def _deliver_until(root: str, settings: dict[str, Any], stop_at: str, conn: Conn
 
         os.unlink = stopping_unlink  # type: ignore[assignment]
         os.rename = stopping_rename  # type: ignore[assignment]
-    run_manager(load_config(overrides=settings), Path(root))
+    deliver_until_idle(load_config(overrides=settings), Path(root))
     conn.send("finished without stopping")
 
 
@@ -149,7 +136,7 @@ def test_a_kill_before_the_maildir_commit_delivers_each_copy_once(world) -> None
     kill_at(root, settings, "before the Maildir commit")
     assert maildir_copies(root, "bob") == []  # written to tmp/ only: not delivered
     assert recover(root) == 3
-    assert run_manager(load_config(overrides=settings), root) == 3
+    assert deliver_until_idle(load_config(overrides=settings), root) == 3
     expected = [b"msg 0", b"msg 1", b"msg 2"]
     assert maildir_copies(root, "bob") == expected and maildir_copies(root, "dave") == expected
     assert queued(root) == []
@@ -163,7 +150,7 @@ def test_a_kill_before_the_removal_that_ends_a_message_repeats_only_that_deliver
     (queue_id,) = os.listdir(root / "active")
     assert states(root, queue_id) == [RecipientState.PENDING] * 2  # the removal was the record
     assert recover(root) == 1
-    run_manager(load_config(overrides=settings), root)
+    deliver_until_idle(load_config(overrides=settings), root)
     # The allowed window: delivered between the copy and our record of it, so twice.
     assert maildir_copies(root, "bob") == [b"msg 0"] * 2
     assert maildir_copies(root, "dave") == [b"msg 0"] * 2
@@ -177,7 +164,7 @@ def test_only_the_last_group_of_a_message_goes_unrecorded(world) -> None:
     assert [m.recipients for m in sink.messages] == [["carol@example.net"]]
     assert states(root, queue_id) == [RecipientState.DELIVERED, RecipientState.PENDING]
     assert recover(root) == 1
-    run_manager(load_config(overrides=settings), root)
+    deliver_until_idle(load_config(overrides=settings), root)
     assert maildir_copies(root, "bob") == [b"msg 0"]  # recorded: not repeated
     assert [m.recipients for m in sink.messages] == [["carol@example.net"]] * 2
     assert queued(root) == []

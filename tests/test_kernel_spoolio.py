@@ -151,13 +151,30 @@ def test_a_write_past_the_file_size_limit_fails_that_file(backend, spool_dirs) -
 
 
 # ---------------------------------------------------------------- parity
+def batches(max_parts: int) -> st.SearchStrategy[list[tuple[list[bytes], bytes | None, bool]]]:
+    """Up to six messages: (parts, head, spilled), as batch_jobs takes them."""
+    return st.lists(st.tuples(st.lists(st.binary(max_size=300), max_size=max_parts),
+                              st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
+                              st.booleans()),
+                    min_size=1, max_size=6)
+
+
+def batch_jobs(root: Path, messages: list[tuple[list[bytes], bytes | None, bool]]) -> list:
+    """The jobs of a parity batch: per message (parts, head, spilled); a spilled one is
+    already open with a first part written, and gets its head."""
+    jobs = []
+    for index, (parts, head, spilled) in enumerate(messages):
+        fd = -1
+        if spilled:
+            fd = os.open(root / "tmp" / f"m{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, b"spilled part %d\n" % index)
+        jobs.append(job(root, f"m{index}", parts, fd=fd, head=head if spilled else None))
+    return jobs
+
+
 @settings(max_examples=60, deadline=None)
 @given(
-    messages=st.lists(
-        st.tuples(st.lists(st.binary(max_size=300), max_size=12),
-                  st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
-                  st.booleans()),
-        min_size=1, max_size=6),
+    messages=batches(max_parts=12),
     use_syncfs=st.booleans(),
 )
 def test_compiled_and_pure_commits_leave_the_same_files(tmp_path_factory, messages, use_syncfs) -> None:
@@ -173,13 +190,7 @@ def test_compiled_and_pure_commits_leave_the_same_files(tmp_path_factory, messag
         (root / "incoming").mkdir()
         dir_fd = os.open(root / "incoming", os.O_RDONLY | os.O_DIRECTORY)
         try:
-            jobs = []
-            for index, (parts, head, spilled) in enumerate(messages):
-                fd = -1
-                if spilled:
-                    fd = os.open(root / "tmp" / f"m{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    os.write(fd, b"spilled part %d\n" % index)
-                jobs.append(job(root, f"m{index}", parts, fd=fd, head=head if spilled else None))
+            jobs = batch_jobs(root, messages)
             results = backend.commit_files(jobs, dir_fd, use_syncfs)
         finally:
             os.close(dir_fd)
@@ -300,11 +311,7 @@ def test_a_bad_reuse_list_is_refused_before_any_system_call(backend, spool_dirs)
 
 @settings(max_examples=60, deadline=None)
 @given(
-    messages=st.lists(
-        st.tuples(st.lists(st.binary(max_size=300), max_size=6),
-                  st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
-                  st.booleans()),
-        min_size=1, max_size=6),
+    messages=batches(max_parts=6),
     kept=st.one_of(st.none(), st.lists(st.tuples(st.booleans(), st.binary(max_size=900)), max_size=8)),
     use_syncfs=st.booleans(),
 )
@@ -331,13 +338,7 @@ def test_compiled_and_pure_commits_reuse_the_same_files(tmp_path_factory, messag
                 reuse.append(os.fsencode(root / "free" / f"k{index}"))
         dir_fd = os.open(root / "incoming", os.O_RDONLY | os.O_DIRECTORY)
         try:
-            jobs = []
-            for index, (parts, head, spilled) in enumerate(messages):
-                fd = -1
-                if spilled:
-                    fd = os.open(root / "tmp" / f"m{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    os.write(fd, b"spilled part %d\n" % index)
-                jobs.append(job(root, f"m{index}", parts, fd=fd, head=head if spilled else None))
+            jobs = batch_jobs(root, messages)
             results = backend.commit_files(jobs, dir_fd, use_syncfs, reuse)
         finally:
             os.close(dir_fd)

@@ -9,18 +9,18 @@ after a pause, so a fresh one sees what was freed a moment ago.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers.delivery import deliver_until_idle
 from helpers.spool_files import body_of
 
 from fastmta.config import load_config
-from fastmta.delivery.manager import QueueManager
 from fastmta.spool import ActiveMessage, Envelope, QueueAdmin, Recipient, RecipientState, Spool
+from fastmta.spool.core import RecoveryReport
 from fastmta.spool.fileformat import END_MARKER_LENGTH
 from fastmta.spool.recycle import DEFAULT_MAX_SIZE
 
@@ -70,6 +70,15 @@ def deliver_all(spool: Spool) -> list[str]:
         done.append(message.queue_id)
         message.complete()
     return done
+
+
+def recover(root: Path) -> RecoveryReport:
+    """Spool.recover() as the master runs it at start-up, after a crash."""
+    restarted = Spool(root)
+    try:
+        return restarted.recover()
+    finally:
+        restarted.close()
 
 
 @pytest.fixture
@@ -184,11 +193,7 @@ def test_recover_passes_retired_leftovers_on_to_free(spool: Spool, tmp_path: Pat
         receive(tmp_path, b"message %d\r\n" % number)
     delivered = deliver_all(spool)  # then a crash: never released
     retired = inodes(tmp_path, "retired")
-    restarted = Spool(tmp_path)
-    try:
-        report = restarted.recover()
-    finally:
-        restarted.close()
+    report = recover(tmp_path)
     assert report.retired_to_free == 2
     assert files(tmp_path, "retired") == [] and files(tmp_path, "free") == sorted(delivered)
     assert inodes(tmp_path, "free") == retired
@@ -206,11 +211,7 @@ def test_recover_drops_a_kept_name_that_is_also_a_queue_file(spool: Spool, tmp_p
     # A power loss undid the claim and the removal, but not the move to free/ or retired/:
     os.link(queue_file, tmp_path / kept_in / queued)
     assert queue_file.stat().st_nlink == 2
-    restarted = Spool(tmp_path)
-    try:
-        report = restarted.recover()
-    finally:
-        restarted.close()
+    report = recover(tmp_path)
     assert report.retired_to_free == 0
     assert files(tmp_path, "free") == [genuine] and files(tmp_path, "retired") == []
     assert files(tmp_path, "incoming") == [queued] and queue_file.stat().st_nlink == 1
@@ -286,15 +287,7 @@ def test_a_queue_manager_frees_the_files_it_delivers_and_new_mail_reuses_them(tm
     first = inodes(root, "incoming")
 
     def deliver() -> int:
-        async def main() -> int:
-            spool = Spool(root)
-            manager = QueueManager(config, spool, clock=lambda: time.time() + 1)
-            try:
-                return await manager.run_until_idle()
-            finally:
-                await manager.close()
-                spool.close()
-        return asyncio.run(main())
+        return deliver_until_idle(config, root, clock=lambda: time.time() + 1)
 
     assert deliver() == 5
     assert files(root, "incoming") == [] and files(root, "active") == []

@@ -288,7 +288,10 @@ def run(args: argparse.Namespace, workdir: Path, started: list[SystemUnderTest])
         say(note)
     runs = [(round_, load, client) for round_ in range(args.rounds)
             for load in args.load_list for client in clients]
-    ports = {name: free_ports(len(runs) + 1) for name in systems}  # [0]: checks and probes
+    # One call for every system: ports picked in separate calls can repeat (each call frees
+    # its probes), and then Postfix cannot bind a port fastmta already holds.
+    picked = free_ports((len(runs) + 1) * len(systems))
+    ports = {name: picked[index::len(systems)] for index, name in enumerate(systems)}  # [0]: checks
     port_of = {name: dict(zip(runs, ports[name][1:])) for name in systems}
 
     servers: dict[str, SystemUnderTest] = {}

@@ -367,6 +367,33 @@ def test_stopping_gives_up_a_stuck_delivery_and_keeps_what_was_recorded(world: W
     assert os.listdir(world.tmp_path / "spool" / "active") == []
 
 
+def test_mail_queued_while_a_delivery_is_under_way_goes_out_without_waiting_for_a_scan(
+        world: World) -> None:
+    world.queue("stuck@slow.test")
+    with SMTPSink("127.0.0.6", world.port, silent=True) as silent:
+        world.dns.add("slow.test", "A", "127.0.0.6")
+
+        async def main() -> None:
+            # An idle worker looks at the queue once a minute; a busy one every 50 ms.
+            manager = QueueManager(world.config(queue_scan_interval="60"), world.spool,
+                                   clock=world.clock)
+            stop = asyncio.Event()
+            running = asyncio.create_task(manager.run(stop, drain_timeout=0.3))
+            while not silent.sessions:  # the first attempt hangs on the silent MX
+                await asyncio.sleep(0.01)
+            world.queue("bob@example.com")
+            for _ in range(1000):  # up to 10 s, far less than the 60 s interval
+                if world.maildir("bob"):
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await asyncio.wait_for(running, 5)
+            await manager.close()
+
+        asyncio.run(main())
+    assert len(world.maildir("bob")) == 1
+
+
 def test_orphaned_active_files_go_back_unless_a_live_worker_holds_them(world: World) -> None:
     world.queue("bob@example.com")
     world.queue("dave@example.com")

@@ -72,7 +72,7 @@ class FilePool:
         self._names: list[bytes] = []  # free/ paths from the last listing, shuffled
         self._listed_at = -1e9
         self._retired = 0  # files this process put in retired/ since its last release
-        self.reused = 0  # for tests and measurements: free files handed out and taken
+        self.tried = 0  # for measurements: free/ names the commits used up
 
     # --- receive side: free files for the spoolio kernel -------------------------------
 
@@ -94,9 +94,9 @@ class FilePool:
             return taken
 
     def give_back(self, paths: list[bytes], tried: int) -> None:
-        """Return the paths `take` gave that the kernel did not try (`paths` minus its
-        first `tried`); count the tried ones as reused (most were)."""
-        self.reused += tried
+        """After a commit: `paths` are those of `take` the kernel left untried (kept for
+        the next one), `tried` how many it used up (taken, or found gone)."""
+        self.tried += tried
         if paths:
             with self._lock:
                 self._names.extend(paths)

@@ -24,7 +24,8 @@ cannot be delivered is logged and dropped).
 The common case costs no state write: the last group of an attempt to finish, when every
 recipient of the attempt was delivered, removes the message instead of recording its
 deliveries first (`_Attempt.ends_with`, `_complete_delivered`): the removal is the state
-write (a rename into retired/ to be reused, or an unlink; fastmta.spool.recycle).  The other groups record theirs before the last one may decide so.
+write (a rename into retired/ to be reused, or an unlink; fastmta.spool.recycle).  The
+other groups record theirs before the last one may decide so.
 
 Crash safety: every spool update is durable when it returns, so a killed worker redoes at
 most the recipients whose outcome it had not recorded yet (one whose peer said 250, or
@@ -38,8 +39,9 @@ an attempt (shutdown) leaves the file in a state the next attempt can trust; a d
 to skip a state write and the removal that replaces it are made in one step (one thread
 job, or one run of the event loop without an `await`), so no cancellation falls between.
 Unlinks and renames without a flush run on the loop; the release of retired files
-(directory fsyncs) runs in a thread, at most one at a time.  The worker holds an flock on every
-message it owns and returns the active/ files of dead workers (`fastmta.delivery.orphans`).
+(directory fsyncs) runs in a thread, at most one at a time.  The worker holds an flock on
+every message it owns and returns the active/ files of dead workers
+(`fastmta.delivery.orphans`).
 """
 
 from __future__ import annotations

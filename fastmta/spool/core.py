@@ -256,7 +256,7 @@ class Spool:
                           self.hold_dir, self.corrupt_dir):
             fsync_directory(directory)
         try:
-            retired_to_free, _ = self.pool.recover()
+            retired_to_free = self.pool.recover()
         except OSError as exc:
             raise SpoolError(f"cannot recover the spool files kept for reuse in {self.root_str}: "
                              f"{describe_os_error(exc)}") from exc

@@ -166,14 +166,13 @@ class FilePool:
 
     # --- start-up ------------------------------------------------------------------------
 
-    def recover(self) -> tuple[int, int]:
+    def recover(self) -> int:
         """After a crash, with the queue directories fsynced by the caller: pass what
         sits in retired/ on to free/, and take out of reuse any retired/ or free/ name
         whose inode a queue file also has (a move a power loss undid): unlinked if the
-        inode counts both names, else moved to corrupt/ for inspection.  Returns
-        (moved to free/, taken out)."""
+        inode counts both names, else moved to corrupt/ for inspection.  Returns the
+        files moved to free/."""
         queued = {entry.inode() for directory in self._queue_dirs for entry in _scan(directory)}
-        taken_out = 0
         kept: list[str] = []
         for directory, names in ((self.free_dir, None), (self.retired_dir, kept)):
             for entry in _scan(directory):
@@ -187,15 +186,12 @@ class FilePool:
                         os.rename(entry.path, f"{self._corrupt_dir}/reuse-{entry.name}")
                         log.error("spool file %s is also a queue file; moved to corrupt/",
                                   entry.path)
-                    else:
-                        if names is not None:
-                            names.append(entry.name)
-                        continue
-                    taken_out += 1
+                    elif names is not None:
+                        names.append(entry.name)
                 except FileNotFoundError:
                     pass
         room = self.limit - len(os.listdir(self.free_dir)) if self.limit else 0
-        return self._pass_on(kept, room), taken_out
+        return self._pass_on(kept, room)
 
 
 def _scan(directory: str) -> list[os.DirEntry[str]]:

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
+from helpers.spool_files import envelope, files
 
 from fastmta.spool import (
-    Envelope,
     MessageBusyError,
     MessageNotFoundError,
     QueueAdmin,
-    Recipient,
     Spool,
     SpoolError,
 )
-
-
-def envelope(*addresses: str, sender: str = "alice@example.org") -> Envelope:
-    return Envelope(sender=sender, recipients=[Recipient(a) for a in addresses or ("bob@example.com",)],
-                    client_address="192.0.2.7", helo="client.example.org")
-
-
-def files(root: Path, queue: str) -> list[str]:
-    return sorted(os.listdir(root / queue))
 
 
 @pytest.fixture

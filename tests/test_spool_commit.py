@@ -15,18 +15,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers.spool_files import body_of
+from helpers.spool_files import body_of, envelope, files
 
-from fastmta.spool import Envelope, MessageWriter, Recipient, Spool, SpoolError
-
-
-def envelope() -> Envelope:
-    return Envelope(sender="alice@example.org", recipients=[Recipient("bob@example.com")],
-                    client_address="192.0.2.7", helo="client.example.org")
-
-
-def files(root: Path, queue: str) -> list[str]:
-    return sorted(os.listdir(root / queue))
+from fastmta.spool import MessageWriter, Spool, SpoolError
 
 
 async def commit_all(spool: Spool, bodies: list[bytes]) -> list[tuple[MessageWriter, SpoolError | None]]:

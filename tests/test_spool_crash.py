@@ -15,21 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.spool_files import body_of
+from helpers.spool_files import body_of, envelope, files
 
-from fastmta.spool import Envelope, Recipient, RecipientState, Spool
+from fastmta.spool import RecipientState, Spool
 
 FOREVER = 120.0
-
-
-def envelope(*addresses: str) -> Envelope:
-    return Envelope(sender="alice@example.org",
-                    recipients=[Recipient(a) for a in addresses or ("bob@example.com",)],
-                    client_address="192.0.2.7", helo="client.example.org")
-
-
-def files(root: Path, queue: str) -> list[str]:
-    return sorted(os.listdir(root / queue))
 
 
 def kill_when_paused(target: Callable[..., None], *args: Any) -> list[tuple[str, str]]:

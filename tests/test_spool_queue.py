@@ -9,19 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.spool_files import claimed, envelope, files
 
-from fastmta.spool import ActiveMessage, Envelope, Recipient, RecipientState, Spool
+from fastmta.spool import RecipientState, Spool
 from fastmta.spool.fileformat import parse_file
-
-
-def envelope(*addresses: str) -> Envelope:
-    return Envelope(sender="alice@example.org",
-                    recipients=[Recipient(a) for a in addresses or ("bob@example.com",)],
-                    client_address="192.0.2.7", helo="client.example.org")
-
-
-def files(root: Path, queue: str) -> list[str]:
-    return sorted(os.listdir(root / queue))
 
 
 def states_on_disk(path: Path) -> list[RecipientState]:
@@ -30,12 +21,6 @@ def states_on_disk(path: Path) -> list[RecipientState]:
         return [rcpt.state for rcpt in parse_file(fd).envelope.recipients]
     finally:
         os.close(fd)
-
-
-def claimed(spool: Spool, now: float | None = None) -> ActiveMessage:
-    message = spool.claim_next(now)
-    assert message is not None
-    return message
 
 
 @pytest.fixture

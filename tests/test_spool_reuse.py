@@ -16,23 +16,13 @@ from pathlib import Path
 
 import pytest
 from helpers.delivery import deliver_until_idle
-from helpers.spool_files import body_of
+from helpers.spool_files import body_of, claimed, envelope, files
 
 from fastmta.config import load_config
-from fastmta.spool import ActiveMessage, Envelope, QueueAdmin, Recipient, RecipientState, Spool
+from fastmta.spool import ActiveMessage, QueueAdmin, RecipientState, Spool
 from fastmta.spool.core import RecoveryReport
 from fastmta.spool.fileformat import END_MARKER_LENGTH
 from fastmta.spool.recycle import DEFAULT_MAX_SIZE
-
-
-def envelope(*addresses: str) -> Envelope:
-    return Envelope(sender="alice@example.org",
-                    recipients=[Recipient(a) for a in addresses or ("bob@example.com",)],
-                    client_address="192.0.2.7", helo="client.example.org")
-
-
-def files(root: Path, directory: str) -> list[str]:
-    return sorted(os.listdir(root / directory))
 
 
 def inode(path: Path) -> int:
@@ -55,12 +45,6 @@ def receive(root: Path, body: bytes, *addresses: str, **spool_options: object) -
 def exact_size(message: ActiveMessage) -> int:
     """The size of a message's file as written new: up to its end marker, no records."""
     return message.body_offset + message.body_length + END_MARKER_LENGTH
-
-
-def claimed(spool: Spool) -> ActiveMessage:
-    message = spool.claim_next()
-    assert message is not None
-    return message
 
 
 def deliver_all(spool: Spool) -> list[str]:

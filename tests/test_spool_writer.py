@@ -15,19 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.spool_files import body_of
+from helpers.spool_files import body_of, envelope, files
 
 from fastmta.spool import Envelope, Recipient, Spool, SpoolError
-
-
-def envelope(*addresses: str) -> Envelope:
-    return Envelope(sender="alice@example.org",
-                    recipients=[Recipient(a) for a in addresses or ("bob@example.com",)],
-                    client_address="192.0.2.7", helo="client.example.org")
-
-
-def files(spool_root: Path, queue: str) -> list[str]:
-    return sorted(os.listdir(spool_root / queue))
 
 
 async def receive(spool: Spool, *chunks: bytes) -> str:
